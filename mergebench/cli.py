@@ -1,0 +1,171 @@
+"""Command line: the only place where errors become messages and exit codes."""
+
+from __future__ import annotations
+
+import functools
+import sys
+from collections.abc import Callable
+from pathlib import Path
+
+import click
+
+from mergebench import __version__
+from mergebench.errors import ConfigError, MergebenchError
+
+
+def friendly_errors(command: Callable) -> Callable:
+    """Turn user errors into ``error: …`` lines on stderr and a non-zero exit, never a traceback."""
+
+    @functools.wraps(command)
+    def wrapper(*args, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except MergebenchError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(130)
+
+    return wrapper
+
+
+def check_device(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
+    return device
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(__version__, prog_name="mergebench")
+def main() -> None:
+    """Merge LLM finetunes and LoRA adapters, streaming one tensor at a time."""
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.option(
+    "--max-shard-size", default="5GB", show_default=True, help="Largest output shard (e.g. 5GB, 500MB)."
+)
+@click.option(
+    "--device",
+    type=click.Choice(["cpu", "cuda"]),
+    default="cpu",
+    show_default=True,
+    help="Where the arithmetic runs.",
+)
+@click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
+@click.option(
+    "--allow-pickle", is_flag=True, help="Allow loading pickled .bin weights (runs code from the file!)."
+)
+@click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
+@click.option(
+    "--eval",
+    "eval_files",
+    multiple=True,
+    type=click.Path(dir_okay=False, path_type=Path),
+    help="After merging, quick-evaluate the output and its inputs on this JSONL file (repeatable).",
+)
+@click.option("--eval-device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@friendly_errors
+def merge(
+    config_path,
+    out,
+    max_shard_size,
+    device,
+    seed,
+    overwrite,
+    allow_pickle,
+    no_progress,
+    eval_files,
+    eval_device,
+):
+    """Merge the models of CONFIG (mergekit-style YAML) into the directory OUT."""
+    from mergebench.config import load_config
+    from mergebench.merge import MergeOptions, run_merge
+
+    config, text = load_config(config_path)
+    options = MergeOptions(
+        max_shard_size=max_shard_size,
+        device=check_device(device),
+        overwrite=overwrite,
+        allow_pickle=allow_pickle,
+        progress=not no_progress,
+        seed=seed,
+    )
+    result = run_merge(config, text, out, options)
+    click.echo(f"merged model written to {result}")
+    if eval_files:
+        from mergebench.evaluate import evaluate_models, format_table
+
+        models = [spec for spec in config.model_specs() if "+" not in spec] + [str(result)]
+        results = evaluate_models(models, [str(f) for f in eval_files], device=eval_device)
+        click.echo(format_table(results))
+
+
+@main.command()
+@click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
+@click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights.")
+@friendly_errors
+def validate(config_path, allow_pickle):
+    """Check CONFIG against the models' headers only: every problem is reported in seconds."""
+    from mergebench.config import load_config
+    from mergebench.merge import plan_merge
+
+    config, _ = load_config(config_path)
+    plan = plan_merge(config, allow_pickle=allow_pickle)
+    merged = sum(1 for job in plan.jobs if job.method is not None)
+    click.echo(
+        f"ok: {len(plan.jobs)} output tensors ({merged} merged, {len(plan.jobs) - merged} copied), "
+        f"{plan.output_bytes / 1e9:.2f} GB to write from {plan.input_bytes / 1e9:.2f} GB of inputs"
+    )
+
+
+@main.command()
+@click.argument("model")
+@click.option("--allow-pickle", is_flag=True)
+@click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor.")
+@friendly_errors
+def inspect(model, allow_pickle, show_tensors):
+    """Summarise a model directory or hub id from its headers: tensors, parameters, dtypes, layers."""
+    from collections import Counter
+
+    from mergebench.architecture import layer_count
+    from mergebench.io.checkpoint import open_checkpoint
+
+    checkpoint = open_checkpoint(model, allow_pickle=allow_pickle)
+    infos = checkpoint.tensors.values()
+    dtypes = Counter(str(info.dtype).removeprefix("torch.") for info in infos)
+    params = sum(info.numel for info in infos)
+    arch = ",".join((checkpoint.config or {}).get("architectures", []) or ["unknown"])
+    click.echo(
+        f"{checkpoint.path}: {arch}, {len(checkpoint.tensors)} tensors, {params / 1e6:.1f}M parameters"
+    )
+    click.echo(
+        f"  layers: {layer_count(checkpoint.config, checkpoint.tensors)}; files: {len(checkpoint.files())}"
+    )
+    click.echo("  dtypes: " + ", ".join(f"{name} ×{count}" for name, count in sorted(dtypes.items())))
+    if show_tensors:
+        for info in infos:
+            click.echo(f"  {info.name}  {list(info.shape)}  {str(info.dtype).removeprefix('torch.')}")
+
+
+def _register_optional_commands() -> None:
+    """Subcommands that live in their own modules (kept out of the import path of ``merge``)."""
+    try:
+        from mergebench.eval_cli import eval_command
+    except ImportError:  # pragma: no cover - module always ships; guards a partial checkout
+        return
+    main.add_command(eval_command)
+
+
+_register_optional_commands()
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

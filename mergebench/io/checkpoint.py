@@ -1,0 +1,221 @@
+"""A checkpoint (model directory or hub id) opened lazily: headers now, tensor bytes on demand."""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+
+from mergebench.errors import CheckpointError
+from mergebench.io.safetensors_header import TensorInfo, read_header, read_tensor
+
+SAFETENSORS_INDEX = "model.safetensors.index.json"
+SAFETENSORS_SINGLE = "model.safetensors"
+PICKLE_INDEX = "pytorch_model.bin.index.json"
+PICKLE_SINGLE = "pytorch_model.bin"
+
+# Files fetched from the hub for a model: weights in safetensors form, configs and tokenizer only.
+HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def safe_child(directory: Path, name: object, what: str) -> Path:
+    """``directory / name``, refusing names that are absolute or climb out of ``directory``.
+
+    Checked lexically (not by resolving links), so hub-cache snapshots whose files are links into a
+    blob store stay usable, while an index or config cannot point the loader anywhere else.
+    """
+    if not isinstance(name, str) or not name or os.path.isabs(name) or "\\" in name:
+        raise CheckpointError(f"{what}: file name {name!r} is not a plain relative path")
+    parts = Path(name).parts
+    if ".." in parts:
+        raise CheckpointError(f"{what}: file name {name!r} points outside {directory}")
+    return directory / name
+
+
+@dataclass
+class Checkpoint:
+    """One input model: its directory, tensor headers, and ``config.json``.
+
+    Only headers are read when opening; ``read`` fetches one tensor's bytes when a merge needs it.
+    """
+
+    spec: str
+    path: Path
+    tensors: dict[str, TensorInfo]
+    config: dict | None = None
+    _pickled: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+
+    @property
+    def name(self) -> str:
+        return self.spec
+
+    def read(self, name: str) -> torch.Tensor:
+        """Read tensor ``name`` into memory (a fresh tensor the caller may modify)."""
+        if self._pickled is not None:
+            return self._pickled[name].clone()
+        try:
+            info = self.tensors[name]
+        except KeyError:
+            raise CheckpointError(f"{self.spec}: no tensor named {name!r}") from None
+        return read_tensor(info)
+
+    def files(self) -> list[Path]:
+        """The weight files this checkpoint reads from."""
+        return sorted({info.file for info in self.tensors.values()})
+
+    def tokenizer_files(self) -> list[Path]:
+        return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
+
+    @property
+    def total_bytes(self) -> int:
+        return sum(info.nbytes for info in self.tensors.values())
+
+
+def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
+    """Open ``spec`` (a local directory, or a hub id ``org/name[@revision]``) reading headers only."""
+    directory = resolve_model_dir(spec)
+    config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else None
+    if (directory / SAFETENSORS_INDEX).is_file():
+        return Checkpoint(spec, directory, _sharded_headers(directory, SAFETENSORS_INDEX), config)
+    if (directory / SAFETENSORS_SINGLE).is_file():
+        return Checkpoint(spec, directory, _headers_of(directory, [SAFETENSORS_SINGLE]), config)
+    others = sorted(p.name for p in directory.glob("*.safetensors"))
+    if others:
+        return Checkpoint(spec, directory, _headers_of(directory, others), config)
+    pickled = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if (directory / n).is_file()]
+    if pickled:
+        if not allow_pickle:
+            raise CheckpointError(
+                f"{directory / pickled[0]}: pickled weights can run arbitrary code when loaded; "
+                "convert to safetensors or pass --allow-pickle if you trust this model"
+            )
+        return _open_pickled(spec, directory, pickled[0], config)
+    raise CheckpointError(f"{directory}: no model.safetensors, sharded safetensors index or weights found")
+
+
+def resolve_model_dir(spec: str) -> Path:
+    """Map a model string to a local directory: an existing path, else a hub id via huggingface_hub.
+
+    The hub is asked for the cached snapshot first (works offline), then downloads safetensors, config
+    and tokenizer files only — never pickled weights.
+    """
+    local = Path(spec).expanduser()
+    if local.exists():
+        if not local.is_dir():
+            raise CheckpointError(f"{spec}: expected a model directory, found a file")
+        return local
+    repo_id, _, revision = spec.partition("@")
+    if not REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
+        raise CheckpointError(f"{spec}: model directory not found")
+    return _hub_snapshot(spec, repo_id, revision or None)
+
+
+def _hub_snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import LocalEntryNotFoundError
+
+    try:
+        return Path(
+            snapshot_download(
+                repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True
+            )
+        )
+    except LocalEntryNotFoundError:
+        pass
+    except Exception as exc:  # huggingface_hub raises many types; all mean "unusable"
+        raise CheckpointError(f"{spec}: not a local directory, and the hub cache failed: {exc}") from None
+    try:
+        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
+    except Exception as exc:
+        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+        raise CheckpointError(
+            f"{spec}: not a local directory, not in the Hugging Face cache, and download failed ({first_line})"
+        ) from None
+
+
+def _read_json(path: Path) -> dict:
+    try:
+        data = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
+        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+    if not isinstance(data, dict):
+        raise CheckpointError(f"{path}: expected a JSON object")
+    return data
+
+
+def _weight_map(directory: Path, index_name: str) -> dict[str, Path]:
+    index_path = directory / index_name
+    weight_map = _read_json(index_path).get("weight_map")
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise CheckpointError(f"{index_path}: missing or empty 'weight_map'")
+    return {
+        tensor: safe_child(directory, file_name, f"{index_path} (tensor {tensor!r})")
+        for tensor, file_name in weight_map.items()
+    }
+
+
+def _sharded_headers(directory: Path, index_name: str) -> dict[str, TensorInfo]:
+    index_path = directory / index_name
+    weight_map = _weight_map(directory, index_name)
+    shards = sorted(set(weight_map.values()))
+    for shard in shards:
+        if not shard.is_file():
+            raise CheckpointError(f"{index_path}: shard {shard.name} is missing")
+    infos = _headers_of(directory, [s.name for s in shards])
+    for tensor, shard in weight_map.items():
+        info = infos.get(tensor)
+        if info is None or info.file != shard:
+            raise CheckpointError(f"{index_path}: tensor {tensor!r} is not in shard {shard.name}")
+    return {name: infos[name] for name in weight_map}
+
+
+def _headers_of(directory: Path, file_names: Iterable[str]) -> dict[str, TensorInfo]:
+    infos: dict[str, TensorInfo] = {}
+    for file_name in file_names:
+        shard_infos, _ = read_header(directory / file_name)
+        for name, info in shard_infos.items():
+            if name in infos:
+                raise CheckpointError(f"{directory}: tensor {name!r} is stored in two shards")
+            infos[name] = info
+    return infos
+
+
+def _open_pickled(spec: str, directory: Path, name: str, config: dict | None) -> Checkpoint:
+    """Explicitly allowed pickled weights: memory-mapped ``torch.load`` (weights only) per shard."""
+    if name == PICKLE_INDEX:
+        shard_names = sorted({p.name for p in _weight_map(directory, PICKLE_INDEX).values()})
+    else:
+        shard_names = [name]
+    tensors: dict[str, torch.Tensor] = {}
+    for shard_name in shard_names:
+        path = directory / shard_name
+        try:
+            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
+        except Exception as exc:
+            raise CheckpointError(f"{path}: cannot load pickled weights ({exc})") from None
+        tensors.update(state)
+    infos = {
+        key: TensorInfo(
+            key, directory / shard_names[0], t.dtype, tuple(t.shape), 0, t.numel() * t.element_size()
+        )
+        for key, t in tensors.items()
+    }
+    return Checkpoint(spec, directory, infos, config, _pickled=tensors)

@@ -1,0 +1,132 @@
+"""Read and validate a safetensors file's header without touching its tensor data.
+
+Planning needs names, shapes and dtypes of every tensor of every model in seconds, and must catch a
+truncated or corrupt shard before any heavy work starts, so the header is parsed and checked here
+against the file's real size.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from mergebench.errors import CheckpointError
+
+# safetensors dtype code -> torch dtype (the codes are the format's own, see its spec).
+DTYPES: dict[str, torch.dtype] = {
+    "F64": torch.float64,
+    "F32": torch.float32,
+    "F16": torch.float16,
+    "BF16": torch.bfloat16,
+    "I64": torch.int64,
+    "I32": torch.int32,
+    "I16": torch.int16,
+    "I8": torch.int8,
+    "U8": torch.uint8,
+    "BOOL": torch.bool,
+    "F8_E4M3": torch.float8_e4m3fn,
+    "F8_E5M2": torch.float8_e5m2,
+}
+DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
+
+MAX_HEADER_BYTES = 100 * 1024 * 1024
+
+
+@dataclass(frozen=True)
+class TensorInfo:
+    """Where one tensor lives and what it is: enough to plan a merge and to read it later."""
+
+    name: str
+    file: Path
+    dtype: torch.dtype
+    shape: tuple[int, ...]
+    offset: int  # absolute byte offset of the data in `file`
+    nbytes: int
+
+    @property
+    def numel(self) -> int:
+        return math.prod(self.shape)
+
+
+def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
+    """Parse ``path``'s header: returns tensor infos by name and the free-form ``__metadata__``."""
+    try:
+        size = path.stat().st_size
+        with open(path, "rb") as handle:
+            prefix = handle.read(8)
+            if len(prefix) < 8:
+                raise CheckpointError(f"{path}: not a safetensors file (shorter than 8 bytes)")
+            (header_len,) = struct.unpack("<Q", prefix)
+            if header_len > MAX_HEADER_BYTES or 8 + header_len > size:
+                raise CheckpointError(f"{path}: corrupt or truncated safetensors header")
+            raw = handle.read(header_len)
+    except OSError as exc:
+        raise CheckpointError(f"{path}: cannot read ({exc.strerror})") from None
+    try:
+        header = json.loads(raw)
+    except (UnicodeDecodeError, json.JSONDecodeError):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not valid JSON)") from None
+    if not isinstance(header, dict):
+        raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
+    metadata = header.pop("__metadata__", None) or {}
+    data_start = 8 + header_len
+    infos: dict[str, TensorInfo] = {}
+    data_end = 0
+    for name, entry in header.items():
+        infos[name] = _tensor_info(path, name, entry, data_start)
+        data_end = max(data_end, entry["data_offsets"][1])
+    if data_start + data_end > size:
+        missing = data_start + data_end - size
+        raise CheckpointError(f"{path}: truncated shard ({missing} bytes of tensor data missing)")
+    return infos, metadata
+
+
+def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:
+    if not isinstance(entry, dict):
+        raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}")
+    code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
+    if code not in DTYPES:
+        raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code!r}")
+    if not (
+        isinstance(shape, list)
+        and all(isinstance(d, int) and d >= 0 for d in shape)
+        and isinstance(offsets, list)
+        and len(offsets) == 2
+        and all(isinstance(o, int) for o in offsets)
+        and 0 <= offsets[0] <= offsets[1]
+    ):
+        raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}")
+    dtype = DTYPES[code]
+    nbytes = offsets[1] - offsets[0]
+    if nbytes != math.prod(shape) * dtype.itemsize:
+        raise CheckpointError(f"{path}: tensor {name!r} byte length does not match its shape and dtype")
+    return TensorInfo(name, path, dtype, tuple(shape), data_start + offsets[0], nbytes)
+
+
+def read_tensor(info: TensorInfo) -> torch.Tensor:
+    """Read one tensor's bytes straight into a fresh tensor (one copy, no memory map kept alive).
+
+    A plain ``readinto`` keeps peak RSS at the size of the tensors in flight: pages of a mapped
+    multi-GB shard would otherwise stay counted against the process.
+    """
+    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    try:
+        with open(info.file, "rb", buffering=0) as handle:
+            handle.seek(info.offset)
+            view = memoryview(buffer.numpy())
+            done = 0
+            while done < info.nbytes:
+                got = handle.readinto(view[done:])
+                if not got:
+                    raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name!r}")
+                done += got
+    except OSError as exc:
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({exc.strerror})") from None
+    if info.nbytes == 0:
+        return torch.empty(info.shape, dtype=info.dtype)
+    return buffer.view(info.dtype).reshape(info.shape)

@@ -1,0 +1,121 @@
+"""TIES (Yadav et al. 2023) and DARE (Yu et al. 2023) over task vectors τ_i = θ_i − θ_base."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergebench.methods.basic import weighted_sum
+from mergebench.methods.registry import (
+    DENSITY,
+    INT8_MASK,
+    LAMBDA,
+    WEIGHT,
+    MergeMethod,
+    Param,
+    normalize_param,
+    register,
+)
+from mergebench.methods.sparsify import dare_drop, disjoint_merge, magnitude_mask
+
+
+def ties(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    int8_mask: bool = False,
+):
+    """θ = θ_base + λ·disjoint_mean_i(w_i·trim(τ_i, density_i)).
+
+    trim keeps the ⌊density·n⌋ largest-magnitude entries; the elected sign is sign(Σ w_i·τ̂_i);
+    only agreeing entries are summed, divided (``normalize``) by the weight of agreeing entries.
+    """
+    weighted = []
+    for model, w, d in zip(models, weight, density, strict=True):
+        delta = model - base
+        delta *= magnitude_mask(delta, d)
+        weighted.append(delta.mul_(w))
+    return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+
+
+def _dropped(models, base, density, generator, rescale):
+    return [
+        dare_drop(model - base, d, generator[i], rescale)
+        for i, (model, d) in enumerate(zip(models, density, strict=True))
+    ]
+
+
+def dare_linear(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    generator: Sequence[torch.Generator],
+    int8_mask: bool = False,
+):
+    """θ = θ_base + λ·Σ w_i·DARE(τ_i): each entry kept with probability density_i, survivors ÷ density_i."""
+    update = weighted_sum(_dropped(models, base, density, generator, rescale), weight)
+    if normalize:
+        update /= sum(weight)
+    return base + lambda_ * update
+
+
+def dare_ties(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    generator: Sequence[torch.Generator],
+    int8_mask: bool = False,
+):
+    """θ = θ_base + λ·disjoint_mean_i(w_i·DARE(τ_i)): DARE's random drop, then TIES' sign election."""
+    weighted = [
+        d.mul_(w) for d, w in zip(_dropped(models, base, density, generator, rescale), weight, strict=True)
+    ]
+    return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+
+
+RESCALE = Param("rescale", bool, True)
+
+register(
+    MergeMethod(
+        "ties",
+        ties,
+        (WEIGHT, DENSITY, normalize_param(True), LAMBDA, INT8_MASK),
+        base="required",
+        summary="trim task vectors to top-density magnitudes, elect signs, disjoint mean",
+    )
+)
+register(
+    MergeMethod(
+        "dare_linear",
+        dare_linear,
+        (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
+        base="required",
+        randomized=True,
+        summary="random drop (keep p=density) + rescale 1/density, then weighted sum of task vectors",
+    )
+)
+register(
+    MergeMethod(
+        "dare_ties",
+        dare_ties,
+        (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
+        base="required",
+        randomized=True,
+        summary="random drop (keep p=density) + rescale 1/density, then TIES sign election",
+    )
+)
