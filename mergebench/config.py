@@ -60,6 +60,14 @@ class SliceEntry(_Strict):
     parameters: dict[str, Any] = Field(default_factory=dict)
 
 
+class NonLayerSource(_Strict):
+    """``non_layer_source: {before: model, after: model}``: where a slices merge takes the tensors outside
+    the layers — ``before`` (embeddings) and ``after`` (final norm, lm_head); each optional."""
+
+    before: str | None = None
+    after: str | None = None
+
+
 class MergeConfig(_Strict):
     """A validated merge config. Exactly one of ``models`` and ``slices`` is given."""
 
@@ -71,7 +79,19 @@ class MergeConfig(_Strict):
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    # slices only: the model whose non-layer tensors are copied, instead of merging the first slice's
+    # sources (tensors before the layers) and the last slice's (after them); a string sets both.
+    non_layer_source: NonLayerSource | None = None
     seed: int = 0
+
+    @field_validator("non_layer_source", mode="before")
+    @classmethod
+    def _one_model_for_both(cls, value: object) -> object:
+        if isinstance(value, str):
+            return {"before": value, "after": value}
+        if value is not None and not isinstance(value, dict):
+            raise ValueError("expected a model, or a mapping {before: model, after: model}")
+        return value
 
     @field_validator("dtype", "out_dtype")
     @classmethod
@@ -100,6 +120,8 @@ class MergeConfig(_Strict):
             names.append(entry.model)
         for slice_ in self.slices or []:
             names.extend(source.model for source in slice_.sources)
+        if self.non_layer_source is not None:
+            names.extend(m for m in (self.non_layer_source.before, self.non_layer_source.after) if m)
         return list(dict.fromkeys(names))
 
 
@@ -127,7 +149,9 @@ def parse_config(data: object, source: str = "config") -> MergeConfig:
     try:
         config = MergeConfig.model_validate(data)
     except ValidationError as exc:
-        error = exc.errors()[0]
+        errors = exc.errors()
+        # A typo shows up as an unknown key *and* a missing one: name the typo.
+        error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
         raise ConfigError(f"{source}: {_location(error['loc'])}: {_message(error)}") from None
     try:
         validate_against_method(config)
@@ -156,6 +180,8 @@ def validate_against_method(config: MergeConfig) -> None:
     method = config.method
     if (config.models is None) == (config.slices is None):
         raise ConfigError("give exactly one of 'models' and 'slices'")
+    if config.non_layer_source is not None and config.slices is None:
+        raise ConfigError("non_layer_source: only applies to 'slices' configs")
     if method.base == "required" and not config.base_model:
         raise ConfigError(f"base_model: required by merge_method {method.name!r}")
     _check_params(method, config.parameters, "parameters", model_level=False)
@@ -175,14 +201,23 @@ def validate_against_method(config: MergeConfig) -> None:
     if config.models is not None:
         _check_model_count(method, config)
         _check_required(method, config)
+    else:
+        from mergebench.slices import check_slices_config
+
+        check_slices_config(config)
 
 
 def _check_model_count(method: MergeMethod, config: MergeConfig) -> None:
     listed = [entry.model for entry in config.models or []]
     if not listed:
         raise ConfigError("models: at least one model is required")
-    others = [m for m in dict.fromkeys(listed) if m != config.base_model]
+    others = [m for m in dict.fromkeys(listed) if m != config.base_model or method.base == "unused"]
     expected = method.models_other_than_base
+    if expected is not None and method.base == "unused" and len(others) != expected:
+        raise ConfigError(
+            f"models: merge_method {method.name!r} takes exactly {expected} model(s), got {len(others)}"
+            + (" (to stack layers of several models, use 'slices')" if method.name == "passthrough" else "")
+        )
     if expected is not None and len(others) != expected:
         total = expected + 1
         raise ConfigError(

@@ -17,13 +17,29 @@ import torch
 from tqdm import tqdm
 
 from mergebench.io.writer import ShardedWriter
-from mergebench.methods.sparsify import seeded_generator
 from mergebench.plan import MergeJob, MergePlan
+
+# Elementwise methods run over flat chunks of this many entries: small enough that every
+# intermediate stays in cache and no tensor-sized temporaries are allocated.
+CHUNK = 1 << 18
 
 
 def arithmetic_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
     """Math always accumulates in at least float32 (float64 when asked for)."""
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
+
+
+def method_kwargs(job: MergeJob) -> dict[str, object]:
+    """The job's resolved parameters as the method function's keyword arguments."""
+    assert job.method is not None
+    kwargs: dict[str, object] = {}
+    for param in job.method.params:
+        kwargs[param.python_name] = (
+            list(job.model_params[param.name]) if param.per_model else job.global_params[param.name]
+        )
+    if job.method.randomized:
+        kwargs["key"] = (job.seed, job.output.name)
+    return kwargs
 
 
 def run_job(job: MergeJob, tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
@@ -33,22 +49,27 @@ def run_job(job: MergeJob, tensors: list[torch.Tensor], device: torch.device | s
         return tensors[0].to(job.output.dtype)
     arith = arithmetic_dtype(job.compute_dtype)
 
-    def prepare(tensor: torch.Tensor) -> torch.Tensor:
+    def convert(tensor: torch.Tensor) -> torch.Tensor:
         if job.compute_dtype is not None:
             tensor = tensor.to(job.compute_dtype)  # inputs are rounded to the compute dtype, as configured
         return tensor.to(device=device, dtype=arith)
 
-    prepared = [prepare(t) for t in tensors]
-    base, models = (prepared[0], prepared[1:]) if job.base is not None else (None, prepared)
-    kwargs: dict[str, object] = {}
-    for param in method.params:
-        kwargs[param.python_name] = (
-            list(job.model_params[param.name]) if param.per_model else job.global_params[param.name]
-        )
-    if method.randomized:
-        kwargs["generator"] = [seeded_generator(job.seed, job.output.name, i) for i in range(len(models))]
-    merged = method.function(models, base, **kwargs)
-    return merged.to(dtype=job.output.dtype).cpu()
+    kwargs = method_kwargs(job)
+    split = 1 if job.base is not None else 0
+    if not method.elementwise or str(device) != "cpu":
+        prepared = [convert(t) for t in tensors]
+        base = prepared[0] if split else None
+        return method.function(prepared[split:], base, **kwargs).to(dtype=job.output.dtype).cpu()
+    if method.prepare is not None:
+        kwargs.update(method.prepare(tensors[split:], tensors[0] if split else None, convert, **kwargs))
+    flats = [t.reshape(-1) for t in tensors]
+    out = torch.empty(job.output.shape, dtype=job.output.dtype)
+    flat_out = out.view(-1)
+    for start in range(0, flat_out.numel(), CHUNK):
+        chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
+        base = chunks[0] if split else None
+        flat_out[start : start + CHUNK] = method.function(chunks[split:], base, offset=start, **kwargs)
+    return out
 
 
 def read_inputs(job: MergeJob) -> list[torch.Tensor]:

@@ -17,7 +17,9 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     return total
 
 
-def linear(models: Sequence[torch.Tensor], base: None, *, weight: Sequence[float], normalize: bool):
+def linear(
+    models: Sequence[torch.Tensor], base: None, *, weight: Sequence[float], normalize: bool, offset: int = 0
+):
     """θ = Σ w_i·θ_i / Σ w_i   (without ``normalize``: θ = Σ w_i·θ_i)."""
     merged = weighted_sum(models, weight)
     return merged / sum(weight) if normalize else merged
@@ -30,6 +32,7 @@ def task_arithmetic(
     weight: Sequence[float],
     normalize: bool,
     lambda_: float,
+    offset: int = 0,
 ):
     """θ = θ_base + λ·Σ w_i·τ_i with τ_i = θ_i − θ_base (÷ Σ w_i with ``normalize``).
 
@@ -48,6 +51,7 @@ register(
         linear,
         (WEIGHT, normalize_param(True)),
         base="unused",
+        elementwise=True,
         summary="weighted average of the models: Σ w_i θ_i / Σ w_i",
     )
 )
@@ -57,6 +61,7 @@ register(
         task_arithmetic,
         (WEIGHT, normalize_param(False), LAMBDA),
         base="required",
+        elementwise=True,
         summary="θ_base + λ Σ w_i (θ_i − θ_base); negative weights subtract a behaviour",
     )
 )

@@ -49,6 +49,14 @@ class MergeMethod:
 
     ``models`` are the input tensors other than the base model's, in config order, already in the
     compute dtype; per-model parameters arrive as lists aligned with ``models``.
+
+    ``elementwise`` methods give the same result applied to any contiguous flat chunk of the inputs
+    (they take ``offset``, the chunk's flat start), so the executor streams them through small,
+    cache-sized buffers. Such a method may need whole-tensor statistics first (TIES' trim
+    threshold, SLERP's angle): ``prepare(models, base, convert, **params)`` computes them from the
+    raw inputs — ``convert`` maps a raw chunk to the compute dtype — and returns extra keyword
+    arguments for every chunk call. Called without them, the function computes them itself.
+    ``randomized`` methods receive ``key=(seed, tensor name)`` to seed their randomness.
     """
 
     name: str
@@ -57,6 +65,8 @@ class MergeMethod:
     base: BaseUse
     models_other_than_base: int | None = None  # exact count, when the method needs one
     randomized: bool = False
+    elementwise: bool = False
+    prepare: Callable[..., dict] | None = None
     summary: str = ""
 
     def param(self, name: str) -> Param | None:
@@ -88,7 +98,7 @@ def all_methods() -> dict[str, MergeMethod]:
 
 
 def _load_builtin_methods() -> None:
-    from mergebench.methods import basic, slerp, ties_dare  # noqa: F401  (they register on import)
+    from mergebench.methods import basic, passthrough, slerp, ties_dare  # noqa: F401  (they register on import)
 
 
 # Parameters shared by several methods, declared once.

@@ -7,14 +7,22 @@ from collections.abc import Sequence
 
 import torch
 
+# DARE's keep-mask is drawn in blocks of this many entries, each from its own seed, so any chunk of
+# a tensor can be processed alone and still get the same mask as the whole tensor would.
+RANDOM_BLOCK = 1 << 18
+
 
 def keep_count(numel: int, density: float) -> int:
-    """How many entries a trim to ``density`` keeps: ⌊density · n⌋ (all of them at density 1)."""
-    return numel if density >= 1.0 else int(density * numel)
+    """How many entries a trim to ``density`` keeps: density·n rounded to the nearest integer.
+
+    Rounding (not flooring) keeps e.g. 0.29 · 100 = 28.999… from silently becoming 28.
+    """
+    return numel if density >= 1.0 else min(numel, round(density * numel))
 
 
-def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
-    """Boolean mask of exactly ⌊density·n⌋ entries of largest |delta|.
+def trim_threshold(delta: torch.Tensor, density: float) -> tuple[float, int]:
+    """(threshold, cutoff) such that exactly round(density·n) entries survive the trim:
+    |x| > threshold, plus entries with |x| == threshold up to flat index ``cutoff``.
 
     Ties at the threshold magnitude are broken toward lower flat index, so the result is
     deterministic and keeps exactly the requested fraction even for low-precision inputs, where
@@ -24,16 +32,28 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     n = flat.numel()
     k = keep_count(n, density)
     if k >= n:
-        return torch.ones_like(delta, dtype=torch.bool)
+        return float("-inf"), -1
     if k == 0:
-        return torch.zeros_like(delta, dtype=torch.bool)
+        return float("inf"), -1
     threshold = kth_largest(flat, k)
-    mask = flat > threshold
-    missing = k - int(mask.sum())
-    if missing > 0:
-        at_threshold = (flat == threshold).nonzero().reshape(-1)[:missing]
-        mask[at_threshold] = True
-    return mask.reshape(delta.shape)
+    missing = k - int((flat > threshold).sum())
+    cutoff = int((flat == threshold).nonzero()[missing - 1]) if missing > 0 else -1
+    return float(threshold), cutoff
+
+
+def trim_mask(delta: torch.Tensor, threshold: float, cutoff: int, offset: int = 0) -> torch.Tensor:
+    """The trim's keep-mask for a flat chunk of a task vector starting at ``offset``."""
+    magnitude = delta.abs()
+    mask = magnitude > threshold
+    if cutoff >= offset:
+        positions = torch.arange(offset, offset + delta.numel(), device=delta.device).reshape(delta.shape)
+        mask |= (magnitude == threshold) & (positions <= cutoff)
+    return mask
+
+
+def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
+    """Boolean mask of exactly round(density·n) entries of largest |delta| (see ``trim_threshold``)."""
+    return trim_mask(delta, *trim_threshold(delta, density))
 
 
 def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
@@ -50,8 +70,7 @@ def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
         sample = values[::stride].float()
         q = 1.0 - k / n
         margin = 0.01
-        lo_q, hi_q = max(q - margin, 0.0), min(q + margin, 1.0)
-        bounds = torch.quantile(sample, torch.tensor([lo_q, hi_q], dtype=torch.float32))
+        bounds = torch.quantile(sample, torch.tensor([max(q - margin, 0.0), min(q + margin, 1.0)]))
         lo, hi = bounds[0].to(values.dtype), bounds[1].to(values.dtype)
         above = int((values > hi).sum())
         if above < k:
@@ -70,16 +89,30 @@ def seeded_generator(seed: int, *key: object) -> torch.Generator:
     return generator
 
 
-def dare_drop(delta: torch.Tensor, density: float, generator: torch.Generator, rescale: bool = True):
+def keep_mask(numel: int, density: float, key: tuple, model_index: int, offset: int = 0) -> torch.Tensor:
+    """DARE's keep-mask for flat entries [offset, offset + numel) of model ``model_index``'s task
+    vector: entry j is kept when U_j < density, U drawn block by block from seed (key, model, block)."""
+    first, last = offset // RANDOM_BLOCK, (offset + numel - 1) // RANDOM_BLOCK
+    pieces = [
+        torch.rand(RANDOM_BLOCK, generator=seeded_generator(*key, model_index, block), dtype=torch.float32)
+        for block in range(first, last + 1)
+    ]
+    uniform = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
+    start = offset - first * RANDOM_BLOCK
+    return uniform[start : start + numel] < density
+
+
+def dare_drop(
+    delta: torch.Tensor, density: float, key: tuple, model_index: int, offset: int = 0, rescale: bool = True
+):
     """DARE: keep each entry with probability ``density`` and scale survivors by 1/density.
 
-    The keep-mask is drawn on the CPU from ``generator`` so that the same seed gives the same
-    output on every device.
+    The mask is drawn on the CPU, so the same seed gives the same output on every device.
     """
-    if density >= 1.0:
+    if density >= 1.0 or delta.numel() == 0:
         return delta
-    keep = torch.rand(delta.shape, generator=generator, dtype=torch.float32) < density
-    kept = delta * keep.to(delta.device)
+    keep = keep_mask(delta.numel(), density, key, model_index, offset).reshape(delta.shape).to(delta.device)
+    kept = delta * keep
     return kept / density if rescale else kept
 
 
@@ -100,7 +133,7 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
         agree = (torch.sign(delta) == elected) & (delta != 0)
         merged += torch.where(agree, delta, 0.0)
         if divisor is not None:
-            divisor += agree * weight
+            divisor.add_(agree.to(divisor.dtype), alpha=weight)
     if divisor is not None:
         divisor[divisor == 0] = 1.0
         merged /= divisor

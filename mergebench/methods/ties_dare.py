@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 
 import torch
 
@@ -17,7 +17,7 @@ from mergebench.methods.registry import (
     normalize_param,
     register,
 )
-from mergebench.methods.sparsify import dare_drop, disjoint_merge, magnitude_mask
+from mergebench.methods.sparsify import dare_drop, disjoint_merge, trim_mask, trim_threshold
 
 
 def ties(
@@ -29,23 +29,35 @@ def ties(
     normalize: bool,
     lambda_: float,
     int8_mask: bool = False,
+    offset: int = 0,
+    trims: Sequence[tuple[float, int]] | None = None,
 ):
     """θ = θ_base + λ·disjoint_mean_i(w_i·trim(τ_i, density_i)).
 
-    trim keeps the ⌊density·n⌋ largest-magnitude entries; the elected sign is sign(Σ w_i·τ̂_i);
-    only agreeing entries are summed, divided (``normalize``) by the weight of agreeing entries.
+    trim keeps the round(density·n) largest-magnitude entries of the whole τ_i (``trims`` carries
+    their thresholds when this runs on a chunk); the elected sign is sign(Σ w_i·τ̂_i); only agreeing
+    entries are summed, divided (``normalize``) by the weight of agreeing entries.
     """
     weighted = []
-    for model, w, d in zip(models, weight, density, strict=True):
+    for i, (model, w) in enumerate(zip(models, weight, strict=True)):
         delta = model - base
-        delta *= magnitude_mask(delta, d)
+        threshold, cutoff = trims[i] if trims is not None else trim_threshold(delta, density[i])
+        delta *= trim_mask(delta, threshold, cutoff, offset)
         weighted.append(delta.mul_(w))
     return base + lambda_ * disjoint_merge(weighted, weight, normalize)
 
 
-def _dropped(models, base, density, generator, rescale):
+def ties_prepare(models, base, convert: Callable[[torch.Tensor], torch.Tensor], *, density, **_) -> dict:
+    """Each task vector's trim threshold, from the whole tensor (one model at a time in memory)."""
+    base_values = convert(base)
+    return {
+        "trims": [trim_threshold(convert(m) - base_values, d) for m, d in zip(models, density, strict=True)]
+    }
+
+
+def _dropped(models, base, density, key, offset, rescale):
     return [
-        dare_drop(model - base, d, generator[i], rescale)
+        dare_drop(model - base, d, key, i, offset, rescale)
         for i, (model, d) in enumerate(zip(models, density, strict=True))
     ]
 
@@ -59,11 +71,12 @@ def dare_linear(
     normalize: bool,
     lambda_: float,
     rescale: bool,
-    generator: Sequence[torch.Generator],
+    key: tuple,
     int8_mask: bool = False,
+    offset: int = 0,
 ):
     """θ = θ_base + λ·Σ w_i·DARE(τ_i): each entry kept with probability density_i, survivors ÷ density_i."""
-    update = weighted_sum(_dropped(models, base, density, generator, rescale), weight)
+    update = weighted_sum(_dropped(models, base, density, key, offset, rescale), weight)
     if normalize:
         update /= sum(weight)
     return base + lambda_ * update
@@ -78,13 +91,13 @@ def dare_ties(
     normalize: bool,
     lambda_: float,
     rescale: bool,
-    generator: Sequence[torch.Generator],
+    key: tuple,
     int8_mask: bool = False,
+    offset: int = 0,
 ):
     """θ = θ_base + λ·disjoint_mean_i(w_i·DARE(τ_i)): DARE's random drop, then TIES' sign election."""
-    weighted = [
-        d.mul_(w) for d, w in zip(_dropped(models, base, density, generator, rescale), weight, strict=True)
-    ]
+    dropped = _dropped(models, base, density, key, offset, rescale)
+    weighted = [d.mul_(w) for d, w in zip(dropped, weight, strict=True)]
     return base + lambda_ * disjoint_merge(weighted, weight, normalize)
 
 
@@ -96,6 +109,8 @@ register(
         ties,
         (WEIGHT, DENSITY, normalize_param(True), LAMBDA, INT8_MASK),
         base="required",
+        elementwise=True,
+        prepare=ties_prepare,
         summary="trim task vectors to top-density magnitudes, elect signs, disjoint mean",
     )
 )
@@ -106,6 +121,7 @@ register(
         (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
         base="required",
         randomized=True,
+        elementwise=True,
         summary="random drop (keep p=density) + rescale 1/density, then weighted sum of task vectors",
     )
 )
@@ -116,6 +132,7 @@ register(
         (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
         base="required",
         randomized=True,
+        elementwise=True,
         summary="random drop (keep p=density) + rescale 1/density, then TIES sign election",
     )
 )

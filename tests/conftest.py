@@ -1,0 +1,85 @@
+"""Shared fixtures: real tiny checkpoints written with transformers, and a CLI runner."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from pathlib import Path
+
+import pytest
+import torch
+from click.testing import CliRunner, Result
+
+TINY_LLAMA = dict(
+    vocab_size=96,
+    hidden_size=32,
+    intermediate_size=64,
+    num_hidden_layers=3,
+    num_attention_heads=4,
+    num_key_value_heads=2,
+    max_position_embeddings=64,
+)
+
+
+def tiny_llama_config(**overrides):
+    import transformers
+
+    return transformers.LlamaConfig(**{**TINY_LLAMA, **overrides})
+
+
+def save_model(model, path: Path, shard_size: str = "12KB") -> Path:
+    """Save like a real hub checkpoint: sharded safetensors + index + config."""
+    model.save_pretrained(path, max_shard_size=shard_size)
+    return path
+
+
+def finetune_of(base, seed: int, scale: float = 0.02):
+    """A model that shares ``base`` and moved a little from it, as a finetune does."""
+    import copy
+
+    model = copy.deepcopy(base)
+    generator = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for param in model.parameters():
+            param.add_(torch.randn(param.shape, generator=generator) * scale)
+    return model
+
+
+@dataclass
+class Family:
+    base: Path
+    ft1: Path
+    ft2: Path
+    ft3: Path
+
+
+@pytest.fixture(scope="session")
+def llama_family(tmp_path_factory) -> Family:
+    """A sharded tiny Llama base and three finetunes of it (float32)."""
+    import transformers
+
+    root = tmp_path_factory.mktemp("llama_family")
+    torch.manual_seed(0)
+    base = transformers.LlamaForCausalLM(tiny_llama_config())
+    paths = [save_model(base, root / "base")]
+    for i in range(1, 4):
+        paths.append(save_model(finetune_of(base, seed=i), root / f"ft{i}"))
+    return Family(*paths)
+
+
+def run_cli(*args: str) -> Result:
+    from mergebench.cli import main
+
+    return CliRunner().invoke(main, [str(a) for a in args], catch_exceptions=True)
+
+
+def assert_clean_failure(result: Result, *fragments: str) -> str:
+    """A user error: non-zero exit, no traceback, a one-line ``error:`` message with the fragments."""
+    assert result.exit_code != 0, result.output
+    assert isinstance(result.exception, SystemExit), f"uncaught {result.exception!r}\n{result.output}"
+    text = result.output
+    assert "Traceback" not in text
+    errors = [line for line in text.splitlines() if line.startswith("error: ")]
+    assert errors, text
+    for fragment in fragments:
+        assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
+    return errors[0]
