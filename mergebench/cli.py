@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import signal
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -18,6 +19,8 @@ def friendly_errors(command: Callable) -> Callable:
 
     @functools.wraps(command)
     def wrapper(*args, **kwargs):
+        # A terminated merge unwinds like Ctrl-C, so its temporary output is removed.
+        signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return command(*args, **kwargs)
         except MergebenchError as exc:
@@ -29,6 +32,10 @@ def friendly_errors(command: Callable) -> Callable:
             sys.exit(130)
 
     return wrapper
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
 
 
 def check_device(device: str) -> str:
@@ -120,10 +127,12 @@ def validate(config_path, allow_pickle):
 
     config, _ = load_config(config_path)
     plan = plan_merge(config, allow_pickle=allow_pickle)
+    from mergebench.io.writer import human_bytes
+
     merged = sum(1 for job in plan.jobs if job.method is not None)
     click.echo(
         f"ok: {len(plan.jobs)} output tensors ({merged} merged, {len(plan.jobs) - merged} copied), "
-        f"{plan.output_bytes / 1e9:.2f} GB to write from {plan.input_bytes / 1e9:.2f} GB of inputs"
+        f"{human_bytes(plan.output_bytes)} to write from {human_bytes(plan.input_bytes)} of inputs"
     )
 
 

@@ -159,16 +159,35 @@ with open(os.path.join(out, 'floor.bin'), 'wb', buffering=0) as f:
 
 
 def timed(command: list[str], env: dict | None = None) -> tuple[float, float, int]:
-    """Run a command; returns (wall seconds, peak RSS in GB, exit code)."""
-    start = time.perf_counter()
-    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
-    _, status, usage = os.wait4(process.pid, 0)
-    wall = time.perf_counter() - start
-    stderr = process.stderr.read().decode(errors="replace") if process.stderr else ""
+    """Run a command; returns (wall seconds, its own peak RSS in GB, exit code).
+
+    ``posix_spawn`` rather than fork: a forked child starts with this process's resident pages,
+    which would pollute its peak-RSS reading.
+    """
+    os.sync()  # start every run with no dirty pages from the previous one
+    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}.log"
+    with open(log, "wb") as handle:
+        actions = [(os.POSIX_SPAWN_DUP2, handle.fileno(), 1), (os.POSIX_SPAWN_DUP2, handle.fileno(), 2)]
+        start = time.perf_counter()
+        pid = os.posix_spawn(shutil.which(command[0]) or command[0], command, env or os.environ, file_actions=actions)
+        _, status, usage = os.wait4(pid, 0)
+        wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code:
-        print(f"  FAILED ({code}): {' '.join(command)}\n{stderr[-2000:]}", file=sys.stderr)
+        print(f"  FAILED ({code}): {' '.join(command)}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+    log.unlink(missing_ok=True)
     return wall, usage.ru_maxrss / 1e6, code
+
+
+def ensure_mergekit(venv: Path) -> Path:
+    """mergekit in a virtualenv of its own (created on first use), so its pins never touch ours."""
+    executable = venv / "bin" / "mergekit-yaml"
+    if not executable.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel; unpinned pulls CUDA
+        subprocess.run([*pip, "mergekit==0.1.5"], check=True)
+    return executable
 
 
 def input_files(paths: list[Path]) -> list[str]:
@@ -183,7 +202,7 @@ def run(args: argparse.Namespace) -> dict:
     work = Path(args.work).resolve()
     work.mkdir(parents=True, exist_ok=True)
     base, ft1, ft2 = build_models(work, args.layers)
-    mergekit = Path(args.mergekit_venv) / "bin" / "mergekit-yaml" if args.mergekit_venv else None
+    mergekit = ensure_mergekit(Path(args.mergekit_venv)) if args.mergekit_venv else None
     results: dict[str, dict] = {}
     for method in args.methods:
         config_path = work / f"{method}.yaml"

@@ -27,6 +27,16 @@ _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
+def human_bytes(count: int) -> str:
+    """1234567 → '1.23 MB' (decimal units, as shard sizes are given)."""
+    value = float(count)
+    for unit in ("B", "KB", "MB", "GB"):
+        if value < 1000:
+            return f"{value:.0f} {unit}" if unit == "B" else f"{value:.2f} {unit}"
+        value /= 1000
+    return f"{value:.2f} TB"
+
+
 def parse_size(text: str | int) -> int:
     """'5GB' → 5·10⁹ bytes, '2GiB' → 2·2³⁰, '1000' → 1000 (the conventions of Hugging Face tools)."""
     if isinstance(text, int):
@@ -113,14 +123,25 @@ class ShardedWriter:
         assert self._handle is not None
         if spec.nbytes:
             data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            self._handle.write(memoryview(data.numpy()))
+            self._write(memoryview(data.numpy()))
         self._position += 1
 
     def _switch_to(self, shard_index: int) -> None:
         self._close_handle()
-        self._handle = open(self.directory / self.file_names[shard_index], "wb")
-        self._handle.write(_header_bytes(self.shards[shard_index]))
+        path = self.directory / self.file_names[shard_index]
+        try:
+            self._handle = open(path, "wb")
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create shard ({exc.strerror})") from None
         self._open_shard = shard_index
+        self._write(_header_bytes(self.shards[shard_index]))
+
+    def _write(self, data) -> None:
+        assert self._handle is not None
+        try:
+            self._handle.write(data)
+        except OSError as exc:  # e.g. disk full: the output directory is discarded by the caller
+            raise OutputError(f"{self._handle.name}: write failed ({exc.strerror})") from None
 
     def _close_handle(self) -> None:
         if self._handle is not None:
