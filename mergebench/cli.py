@@ -1,50 +1,13 @@
-"""Command line: the only place where errors become messages and exit codes."""
+"""Command line: ``mergebench merge | validate | inspect | lora … | eval``."""
 
 from __future__ import annotations
 
-import functools
-import signal
-import sys
-from collections.abc import Callable
 from pathlib import Path
 
 import click
 
 from mergebench import __version__
-from mergebench.errors import ConfigError, MergebenchError
-
-
-def friendly_errors(command: Callable) -> Callable:
-    """Turn user errors into ``error: …`` lines on stderr and a non-zero exit, never a traceback."""
-
-    @functools.wraps(command)
-    def wrapper(*args, **kwargs):
-        # A terminated merge unwinds like Ctrl-C, so its temporary output is removed.
-        signal.signal(signal.SIGTERM, _raise_interrupt)
-        try:
-            return command(*args, **kwargs)
-        except MergebenchError as exc:
-            for line in str(exc).splitlines() or [type(exc).__name__]:
-                click.echo(f"error: {line}", err=True)
-            sys.exit(exc.exit_code)
-        except KeyboardInterrupt:
-            click.echo("error: interrupted; nothing was written", err=True)
-            sys.exit(130)
-
-    return wrapper
-
-
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
-
-
-def check_device(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    return device
+from mergebench.cli_support import check_device, friendly_errors
 
 
 @click.group(context_settings={"help_option_names": ["-h", "--help"]})
@@ -165,16 +128,16 @@ def inspect(model, allow_pickle, show_tensors):
             click.echo(f"  {info.name}  {list(info.shape)}  {str(info.dtype).removeprefix('torch.')}")
 
 
-def _register_optional_commands() -> None:
-    """Subcommands that live in their own modules (kept out of the import path of ``merge``)."""
-    try:
-        from mergebench.eval_cli import eval_command
-    except ImportError:  # pragma: no cover - module always ships; guards a partial checkout
-        return
+def _register_subcommands() -> None:
+    """Subcommand groups that live beside the code they drive."""
+    from mergebench.eval_cli import eval_command
+    from mergebench.lora.cli import lora_group
+
     main.add_command(eval_command)
+    main.add_command(lora_group)
 
 
-_register_optional_commands()
+_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

@@ -8,9 +8,10 @@ from pathlib import Path
 from mergebench.config import MergeConfig
 from mergebench.errors import ConfigError
 from mergebench.execute import execute_plan
-from mergebench.io.checkpoint import Checkpoint, open_checkpoint
+from mergebench.io.checkpoint import Checkpoint
 from mergebench.io.model_files import copy_side_files, write_config, write_model_card
 from mergebench.io.writer import OutputDirectory, ShardedWriter, check_output_target, parse_size
+from mergebench.lora.adapted import open_model, split_spec
 from mergebench.plan import MergePlan, plan_models_merge
 
 
@@ -28,8 +29,14 @@ class MergeOptions:
 
 
 def open_checkpoints(config: MergeConfig, *, allow_pickle: bool = False) -> dict[str, Checkpoint]:
-    """Open every model the config names (headers only)."""
-    return {spec: open_checkpoint(spec, allow_pickle=allow_pickle) for spec in config.model_specs()}
+    """Open every model the config names (headers only); ``base+adapter`` applies a LoRA adapter on the fly."""
+    return {spec: open_model(spec, allow_pickle=allow_pickle) for spec in config.model_specs()}
+
+
+def local_input_paths(config: MergeConfig) -> list[Path]:
+    """Every existing local directory the config reads from (both parts of ``base+adapter``)."""
+    parts = [part for spec in config.model_specs() for part in (split_spec(spec) or (spec,))]
+    return [Path(part) for part in parts if Path(part).exists()]
 
 
 def plan_merge(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
@@ -52,10 +59,10 @@ def run_merge(config: MergeConfig, config_text: str, out: str | Path, options: M
         raise ConfigError(f"--max-shard-size: {exc}") from None
     out = Path(out)
     # Output location problems are cheap to find: report them before opening any model.
-    local_inputs = [Path(spec) for spec in config.model_specs() if Path(spec).exists()]
+    local_inputs = local_input_paths(config)
     check_output_target(out, overwrite=options.overwrite, inputs=local_inputs)
     plan = plan_merge(config, allow_pickle=options.allow_pickle)
-    inputs = [checkpoint.path for checkpoint in plan.checkpoints.values()]
+    inputs = [*local_inputs, *(checkpoint.path for checkpoint in plan.checkpoints.values())]
     with OutputDirectory(out, overwrite=options.overwrite, inputs=inputs) as temp:
         writer = ShardedWriter(temp, plan.output_specs, shard_size)
         try:

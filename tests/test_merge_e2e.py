@@ -369,7 +369,7 @@ def test_hub_id_resolves_from_local_cache_offline(llama_family, tmp_path):
     command = [
         sys.executable,
         "-m",
-        "mergebench.cli",
+        "mergebench",
         "merge",
         str(config),
         str(tmp_path / "out"),

@@ -221,7 +221,7 @@ def run(args: argparse.Namespace) -> dict:
         mb = [
             sys.executable,
             "-m",
-            "mergebench.cli",
+            "mergebench",
             "merge",
             str(config_path),
             str(out),

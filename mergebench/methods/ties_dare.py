@@ -114,25 +114,16 @@ register(
         summary="trim task vectors to top-density magnitudes, elect signs, disjoint mean",
     )
 )
-register(
-    MergeMethod(
-        "dare_linear",
-        dare_linear,
-        (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
-        base="required",
-        randomized=True,
-        elementwise=True,
-        summary="random drop (keep p=density) + rescale 1/density, then weighted sum of task vectors",
+DARE_PARAMS = (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK)
+for function, then in ((dare_linear, "weighted sum"), (dare_ties, "TIES sign election")):
+    register(
+        MergeMethod(
+            function.__name__,
+            function,
+            DARE_PARAMS,
+            base="required",
+            randomized=True,
+            elementwise=True,
+            summary=f"random drop (keep p=density) + rescale 1/density, then {then} of task vectors",
+        )
     )
-)
-register(
-    MergeMethod(
-        "dare_ties",
-        dare_ties,
-        (WEIGHT, DENSITY, normalize_param(False), LAMBDA, RESCALE, INT8_MASK),
-        base="required",
-        randomized=True,
-        elementwise=True,
-        summary="random drop (keep p=density) + rescale 1/density, then TIES sign election",
-    )
-)

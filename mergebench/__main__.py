@@ -1,0 +1,5 @@
+"""``python -m mergebench`` runs the CLI."""
+
+from mergebench.cli import main
+
+main()

@@ -1,0 +1,79 @@
+"""Write a PEFT adapter directory (config + safetensors), atomically, like the model writer does."""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+
+import torch
+from safetensors.torch import save_file
+
+from mergebench import __version__
+from mergebench.io.writer import OutputDirectory
+from mergebench.lora.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+
+# Fields that describe which modules are adapted: replaced by exact lists when writing a new adapter.
+_TARGETING = ("layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters")
+
+
+def rank_config(ranks: Mapping[str, int]) -> dict:
+    """r / lora_alpha / patterns so that every module's scale is exactly 1 (α = r, no rsLoRA).
+
+    The most common rank becomes ``r``; other modules get exact (escaped, full-path) pattern keys.
+    """
+    counts: dict[int, int] = {}
+    for rank in ranks.values():
+        counts[rank] = counts.get(rank, 0) + 1
+    r = max(counts, key=lambda rank: (counts[rank], rank)) if counts else 1
+    pattern = {re.escape(path): rank for path, rank in ranks.items() if rank != r}
+    return {
+        "r": r,
+        "lora_alpha": r,
+        "rank_pattern": pattern,
+        "alpha_pattern": dict(pattern),
+        "use_rslora": False,
+        "use_dora": False,
+    }
+
+
+def adapter_config(template: Mapping | None, updates: Mapping) -> dict:
+    config = {
+        "peft_type": "LORA",
+        "task_type": None,
+        "base_model_name_or_path": None,
+        "bias": "none",
+        "fan_in_fan_out": False,
+        "inference_mode": True,
+        "init_lora_weights": True,
+        "lora_dropout": 0.0,
+        "lora_bias": False,
+        "modules_to_save": None,
+    }
+    config.update(template or {})
+    for key in _TARGETING:
+        config[key] = None
+    config.update(updates)
+    return config
+
+
+def write_adapter(
+    out: Path,
+    tensors: Mapping[str, torch.Tensor],
+    config: Mapping,
+    *,
+    overwrite: bool,
+    inputs: Sequence[Path],
+    readme: str,
+) -> Path:
+    """Publish ``out`` holding ``adapter_config.json``, ``adapter_model.safetensors`` and a README."""
+    with OutputDirectory(out, overwrite=overwrite, inputs=inputs) as temp:
+        contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
+        save_file(contiguous, str(temp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        (temp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
+        front = ["---", "library_name: peft", "tags:", "- lora", "- mergebench", "---", ""]
+        (temp / "README.md").write_text(
+            "\n".join(front) + f"Made with mergebench {__version__}.\n\n" + readme.rstrip() + "\n"
+        )
+    return Path(out)
