@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import queue
 import threading
-from collections import deque
+from collections import OrderedDict, deque
 from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 
@@ -18,6 +18,8 @@ from tqdm import tqdm
 
 from mergebench.io.writer import ShardedWriter
 from mergebench.plan import MergeJob, MergePlan
+
+JobRunner = Callable[[MergeJob, list[torch.Tensor], str, Callable[[int], torch.Tensor]], torch.Tensor]
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
@@ -42,8 +44,16 @@ def method_kwargs(job: MergeJob) -> dict[str, object]:
     return kwargs
 
 
-def run_job(job: MergeJob, tensors: list[torch.Tensor], device: torch.device | str = "cpu") -> torch.Tensor:
-    """Compute one output tensor from its inputs (ordered as ``job.inputs``); returns it on the CPU."""
+def run_job(
+    job: MergeJob,
+    tensors: list[torch.Tensor],
+    device: torch.device | str = "cpu",
+    allocate: Callable[[int], torch.Tensor] | None = None,
+) -> torch.Tensor:
+    """Compute one output tensor from its inputs (ordered as ``job.inputs``); returns it on the CPU.
+
+    ``allocate(nbytes)`` supplies the output's memory (a uint8 buffer, e.g. from a BufferPool).
+    """
     method = job.method
     if method is None:
         return tensors[0].to(job.output.dtype)
@@ -63,8 +73,10 @@ def run_job(job: MergeJob, tensors: list[torch.Tensor], device: torch.device | s
     if method.prepare is not None:
         kwargs.update(method.prepare(tensors[split:], tensors[0] if split else None, convert, **kwargs))
     flats = [t.reshape(-1) for t in tensors]
-    out = torch.empty(job.output.shape, dtype=job.output.dtype)
-    flat_out = out.view(-1)
+    nbytes = job.output.nbytes
+    raw = allocate(nbytes) if allocate is not None else torch.empty(nbytes, dtype=torch.uint8)
+    flat_out = raw.view(job.output.dtype) if nbytes else torch.empty(0, dtype=job.output.dtype)
+    out = flat_out.reshape(job.output.shape)
     for start in range(0, flat_out.numel(), CHUNK):
         chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
         base = chunks[0] if split else None
@@ -72,8 +84,56 @@ def run_job(job: MergeJob, tensors: list[torch.Tensor], device: torch.device | s
     return out
 
 
-def read_inputs(job: MergeJob) -> list[torch.Tensor]:
-    return [ref.read() for ref in job.inputs]
+class BufferPool:
+    """Byte buffers recycled by exact size.
+
+    Fresh memory is expensive here: on VMs that hand freed pages back to the host, touching newly
+    allocated pages runs at a fraction of memory bandwidth, and a merge would otherwise allocate
+    (and fault in) every input and output byte once. Inputs are read into, and outputs built in,
+    buffers that return here once used. Idle buffers beyond ``idle_limit`` bytes are dropped,
+    oldest first, so the pool never holds more than the work in flight plus that limit.
+    """
+
+    def __init__(self, idle_limit: int = 1 << 30) -> None:
+        self.idle_limit = idle_limit
+        self._idle: OrderedDict[int, torch.Tensor] = OrderedDict()  # data_ptr → buffer, oldest first
+        self._issued: set[int] = set()
+        self._idle_bytes = 0
+        self._lock = threading.Lock()
+
+    def take(self, nbytes: int) -> torch.Tensor:
+        with self._lock:
+            for ptr, buffer in self._idle.items():
+                if buffer.numel() == nbytes:
+                    del self._idle[ptr]
+                    self._idle_bytes -= nbytes
+                    return buffer
+        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        with self._lock:
+            self._issued.add(buffer.data_ptr())
+        return buffer
+
+    def give(self, tensor: torch.Tensor) -> None:
+        """Return a buffer this pool issued (any dtype view of it); other tensors are ignored."""
+        ptr = tensor.untyped_storage().data_ptr()
+        with self._lock:
+            if ptr not in self._issued or ptr in self._idle:
+                return
+            buffer = torch.empty(0, dtype=torch.uint8).set_(tensor.untyped_storage())
+            self._idle[ptr] = buffer
+            self._idle_bytes += buffer.numel()
+            while self._idle_bytes > self.idle_limit and self._idle:
+                old_ptr, old = self._idle.popitem(last=False)
+                self._issued.discard(old_ptr)
+                self._idle_bytes -= old.numel()
+
+
+def read_inputs(job: MergeJob, pool: BufferPool) -> list[torch.Tensor]:
+    return [ref.read(pool.take(ref.nbytes)) for ref in job.inputs]
+
+
+def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
+    return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
 def execute_plan(
@@ -83,9 +143,15 @@ def execute_plan(
     device: str = "cpu",
     progress: bool = True,
     readahead: int = 2,
-    job_runner: Callable[[MergeJob, list[torch.Tensor], str], torch.Tensor] = run_job,
+    readahead_bytes: int = 512 << 20,
+    job_runner: JobRunner = run_job,
 ) -> None:
-    """Merge every job in order into ``writer``. ``readahead`` bounds how many jobs' inputs are in memory."""
+    """Merge every job in order into ``writer``.
+
+    Inputs of at most ``readahead`` jobs (and about ``readahead_bytes``) are read ahead of the one
+    being computed; the job runner gets ``(job, inputs, device, allocate)`` and may return one of its
+    input tensors (modified in place) as the output.
+    """
     bar = tqdm(
         total=plan.output_bytes,
         unit="B",
@@ -94,6 +160,7 @@ def execute_plan(
         disable=not progress,
         dynamic_ncols=True,
     )
+    buffers = BufferPool()
     out_queue: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list[BaseException] = []
 
@@ -106,28 +173,35 @@ def execute_plan(
                 writer.write(name, tensor)
             except BaseException as exc:  # re-raised in the caller's thread
                 write_errors.append(exc)
+            buffers.give(tensor)
 
     writer_thread = threading.Thread(target=write_loop, name="mergebench-writer", daemon=True)
     writer_thread.start()
     pending: deque[tuple[MergeJob, Future]] = deque()
-    jobs = iter(plan.jobs)
+    upcoming = deque(plan.jobs)
     try:
         with ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read") as pool:
-            for job in jobs:
-                pending.append((job, pool.submit(read_inputs, job)))
-                if len(pending) > readahead:
-                    break
-            count = 0
-            while pending:
+
+            def fill() -> None:
+                while upcoming and len(pending) <= readahead:
+                    in_flight = sum(job.input_bytes for job, _ in pending)
+                    if pending and in_flight + upcoming[0].input_bytes > readahead_bytes:
+                        return
+                    job = upcoming.popleft()
+                    pending.append((job, pool.submit(read_inputs, job, buffers)))
+
+            fill()
+            for count in range(1, len(plan.jobs) + 1):
                 job, future = pending.popleft()
-                next_job = next(jobs, None)
-                if next_job is not None:
-                    pending.append((next_job, pool.submit(read_inputs, next_job)))
-                merged = job_runner(job, future.result(), device)
+                fill()
+                inputs = future.result()
+                merged = job_runner(job, inputs, device, buffers.take)
+                for tensor in inputs:
+                    if not same_storage(tensor, merged):
+                        buffers.give(tensor)
                 if write_errors:
                     raise write_errors[0]
                 out_queue.put((job.output.name, merged))
-                count += 1
                 bar.update(job.output.nbytes)
                 bar.set_postfix_str(f"{count}/{len(plan.jobs)} tensors", refresh=False)
     finally:

@@ -32,8 +32,8 @@ class TensorRef:
     def nbytes(self) -> int:
         return self.checkpoint.tensors[self.name].nbytes
 
-    def read(self) -> torch.Tensor:
-        return self.checkpoint.read(self.name)
+    def read(self, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        return self.checkpoint.read(self.name, buffer)
 
 
 @dataclass(frozen=True)

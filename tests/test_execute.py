@@ -64,3 +64,18 @@ def test_chunked_equals_whole_tensor(monkeypatch, method_name, dtype):
     as_float = [t.float() for t in tensors]
     whole = method.function(as_float[split:], as_float[0] if split else None, **kwargs).to(dtype)
     assert torch.equal(chunked, whole) or torch.allclose(chunked.float(), whole.float(), rtol=1e-6, atol=1e-7)
+
+
+def test_buffer_pool_recycles_by_size_and_bounds_idle_memory():
+    pool = execute.BufferPool(idle_limit=250)
+    a = pool.take(100)
+    pool.give(a.view(torch.int32))  # any view of an issued buffer returns it
+    assert pool.take(100).data_ptr() == a.data_ptr()
+    assert pool.take(100).data_ptr() != a.data_ptr()  # a is in use again: a new one
+    pool.give(torch.empty(100, dtype=torch.uint8))  # foreign tensors are ignored
+    buffers = [pool.take(100) for _ in range(3)]
+    for buffer in buffers:
+        pool.give(buffer)
+    # only 200 idle bytes fit the limit: the oldest buffer was dropped
+    reused = {pool.take(100).data_ptr() for _ in range(3)}
+    assert buffers[0].data_ptr() not in reused and {b.data_ptr() for b in buffers[1:]} <= reused

@@ -67,15 +67,16 @@ class Checkpoint:
     def name(self) -> str:
         return self.spec
 
-    def read(self, name: str) -> torch.Tensor:
-        """Read tensor ``name`` into memory (a fresh tensor the caller may modify)."""
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+        """Read tensor ``name`` into memory: into ``buffer`` (uint8, exactly the tensor's byte size)
+        when given, else a fresh tensor. Either way the caller owns the result and may modify it."""
         if self._pickled is not None:
             return self._pickled[name].clone()
         try:
             info = self.tensors[name]
         except KeyError:
             raise CheckpointError(f"{self.spec}: no tensor named {name!r}") from None
-        return read_tensor(info)
+        return read_tensor(info, buffer)
 
     def files(self) -> list[Path]:
         """The weight files this checkpoint reads from."""

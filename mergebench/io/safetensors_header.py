@@ -108,13 +108,15 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     return TensorInfo(name, path, dtype, tuple(shape), data_start + offsets[0], nbytes)
 
 
-def read_tensor(info: TensorInfo) -> torch.Tensor:
-    """Read one tensor's bytes straight into a fresh tensor (one copy, no memory map kept alive).
+def read_tensor(info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    """Read one tensor's bytes straight into ``buffer`` (a uint8 tensor of ``info.nbytes`` bytes, e.g.
+    from a pool) or a fresh tensor: one copy, no memory map kept alive.
 
     A plain ``readinto`` keeps peak RSS at the size of the tensors in flight: pages of a mapped
     multi-GB shard would otherwise stay counted against the process.
     """
-    buffer = torch.empty(info.nbytes, dtype=torch.uint8)
+    if buffer is None:
+        buffer = torch.empty(info.nbytes, dtype=torch.uint8)
     try:
         with open(info.file, "rb", buffering=0) as handle:
             handle.seek(info.offset)

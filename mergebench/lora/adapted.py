@@ -26,9 +26,9 @@ class AdaptedCheckpoint(Checkpoint):
     adapter: Adapter | None = None
     recipes: dict[str, TensorRecipe] = field(default_factory=dict, repr=False)
 
-    def read(self, name: str) -> torch.Tensor:
+    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         assert self.base is not None and self.adapter is not None
-        tensor = self.base.read(name)
+        tensor = self.base.read(name, buffer)
         recipe = self.recipes.get(name)
         if recipe is None:
             return tensor
