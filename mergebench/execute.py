@@ -19,7 +19,7 @@ from tqdm import tqdm
 from mergebench.io.writer import ShardedWriter
 from mergebench.plan import MergeJob, MergePlan
 
-JobRunner = Callable[[MergeJob, list[torch.Tensor], str, Callable[[int], torch.Tensor]], torch.Tensor]
+JobRunner = Callable[[MergeJob, list[torch.Tensor], str, "BufferPool"], torch.Tensor]
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
@@ -48,12 +48,13 @@ def run_job(
     job: MergeJob,
     tensors: list[torch.Tensor],
     device: torch.device | str = "cpu",
-    allocate: Callable[[int], torch.Tensor] | None = None,
+    buffers: BufferPool | None = None,
 ) -> torch.Tensor:
     """Compute one output tensor from its inputs (ordered as ``job.inputs``); returns it on the CPU.
 
-    ``allocate(nbytes)`` supplies the output's memory (a uint8 buffer, e.g. from a BufferPool).
+    ``buffers`` lends recycled memory for the output and for whole-tensor scratch space.
     """
+    buffers = buffers or BufferPool(idle_limit=0)
     method = job.method
     if method is None:
         return tensors[0].to(job.output.dtype)
@@ -71,11 +72,14 @@ def run_job(
         base = prepared[0] if split else None
         return method.function(prepared[split:], base, **kwargs).to(dtype=job.output.dtype).cpu()
     if method.prepare is not None:
-        kwargs.update(method.prepare(tensors[split:], tensors[0] if split else None, convert, **kwargs))
+        kwargs.update(
+            method.prepare(tensors[split:], tensors[0] if split else None, convert, buffers, **kwargs)
+        )
     flats = [t.reshape(-1) for t in tensors]
     nbytes = job.output.nbytes
-    raw = allocate(nbytes) if allocate is not None else torch.empty(nbytes, dtype=torch.uint8)
-    flat_out = raw.view(job.output.dtype) if nbytes else torch.empty(0, dtype=job.output.dtype)
+    flat_out = (
+        buffers.take(nbytes).view(job.output.dtype) if nbytes else torch.empty(0, dtype=job.output.dtype)
+    )
     out = flat_out.reshape(job.output.shape)
     for start in range(0, flat_out.numel(), CHUNK):
         chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
@@ -149,7 +153,7 @@ def execute_plan(
     """Merge every job in order into ``writer``.
 
     Inputs of at most ``readahead`` jobs (and about ``readahead_bytes``) are read ahead of the one
-    being computed; the job runner gets ``(job, inputs, device, allocate)`` and may return one of its
+    being computed; the job runner gets ``(job, inputs, device, buffers)`` and may return one of its
     input tensors (modified in place) as the output.
     """
     bar = tqdm(
@@ -195,7 +199,7 @@ def execute_plan(
                 job, future = pending.popleft()
                 fill()
                 inputs = future.result()
-                merged = job_runner(job, inputs, device, buffers.take)
+                merged = job_runner(job, inputs, device, buffers)
                 for tensor in inputs:
                     if not same_storage(tensor, merged):
                         buffers.give(tensor)

@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mergebench.methods import get_method
-from mergebench.methods.sparsify import keep_mask, kth_largest, magnitude_mask
+from mergebench.methods.sparsify import keep_mask, magnitude_mask, top_k_cut, trim_mask
 from tests import reference as ref
 
 
@@ -92,14 +92,19 @@ def test_ties_all_zero_task_vectors_give_base(trio):
     np.testing.assert_array_equal(out.numpy(), base.numpy())
 
 
-def test_kth_largest_exact_on_large_and_adversarial_inputs():
+def test_top_k_cut_is_exact_on_large_and_adversarial_inputs():
     n = (1 << 20) + 12345
     values = torch.randn(n, generator=torch.Generator().manual_seed(0)).abs()
     lumpy = torch.cat([torch.zeros(n - 1000), torch.rand(1000, generator=torch.Generator().manual_seed(1))])
-    for data in (values, lumpy, torch.ones(n)):
-        for k in (1, 17, n // 5, n // 2, n - 3, n):
-            expected = torch.sort(data, descending=True).values[k - 1]
-            assert kth_largest(data, k) == expected
+    for data in (values, lumpy, torch.ones(n), values.round(decimals=2)):
+        for k in (1, 17, n // 5, n // 2, n - 3):
+            threshold, cutoff = top_k_cut(data, k)
+            assert threshold == torch.sort(data, descending=True).values[k - 1]
+            kept = trim_mask(data, threshold, cutoff)
+            assert int(kept.sum()) == k
+            # ties at the threshold are taken from the lowest indices
+            tied = (data == threshold).nonzero().reshape(-1)
+            assert torch.equal(kept[tied], torch.arange(tied.numel()) < int(kept[tied].sum()))
 
 
 def masks_for(models, densities, key):

@@ -78,7 +78,7 @@ def run_lora_merge(
     checkpoints = {base_spec: base, **{a.spec: a.weights for a in adapters}}
     plan = MergePlan(jobs, reference=base, tokenizer_source=base, checkpoints=checkpoints, output_dtype=dtype)
 
-    def runner(job: MergeJob, tensors: list[torch.Tensor], device: str, allocate=None) -> torch.Tensor:
+    def runner(job: MergeJob, tensors: list[torch.Tensor], device: str, buffers=None) -> torch.Tensor:
         recipe = recipes.get(job.output.name)
         tensor = tensors[0] if recipe is None else apply_recipe(recipe, tensors[0], tensors[1:])
         return tensor.to(job.output.dtype)

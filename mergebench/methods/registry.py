@@ -53,8 +53,9 @@ class MergeMethod:
     ``elementwise`` methods give the same result applied to any contiguous flat chunk of the inputs
     (they take ``offset``, the chunk's flat start), so the executor streams them through small,
     cache-sized buffers. Such a method may need whole-tensor statistics first (TIES' trim
-    threshold, SLERP's angle): ``prepare(models, base, convert, **params)`` computes them from the
-    raw inputs — ``convert`` maps a raw chunk to the compute dtype — and returns extra keyword
+    threshold, SLERP's angle): ``prepare(models, base, convert, scratch, **params)`` computes them from
+    the raw inputs — ``convert`` maps a raw chunk to the compute dtype, ``scratch`` lends recycled
+    buffers (``take(nbytes)`` / ``give(tensor)``) — and returns extra keyword
     arguments for every chunk call. Called without them, the function computes them itself.
     ``randomized`` methods receive ``key=(seed, tensor name)`` to seed their randomness.
     """

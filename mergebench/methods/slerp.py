@@ -49,7 +49,9 @@ def slerp(
     return merged
 
 
-def slerp_prepare(models, base, convert: Callable[[torch.Tensor], torch.Tensor], *, t: float, **_) -> dict:
+def slerp_prepare(
+    models, base, convert: Callable[[torch.Tensor], torch.Tensor], scratch, *, t: float, **_
+) -> dict:
     """The angle between the whole tensors, accumulated chunk by chunk in float64."""
     v0, v1 = base.reshape(-1), models[0].reshape(-1)
     dot = sq0 = sq1 = 0.0

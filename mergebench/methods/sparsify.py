@@ -28,17 +28,7 @@ def trim_threshold(delta: torch.Tensor, density: float) -> tuple[float, int]:
     deterministic and keeps exactly the requested fraction even for low-precision inputs, where
     many entries share a magnitude.
     """
-    flat = delta.reshape(-1).abs()
-    n = flat.numel()
-    k = keep_count(n, density)
-    if k >= n:
-        return float("-inf"), -1
-    if k == 0:
-        return float("inf"), -1
-    threshold = kth_largest(flat, k)
-    missing = k - int((flat > threshold).sum())
-    cutoff = int((flat == threshold).nonzero()[missing - 1]) if missing > 0 else -1
-    return float(threshold), cutoff
+    return top_k_cut(delta.reshape(-1).abs(), keep_count(delta.numel(), density))
 
 
 def trim_mask(delta: torch.Tensor, threshold: float, cutoff: int, offset: int = 0) -> torch.Tensor:
@@ -56,29 +46,40 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return trim_mask(delta, *trim_threshold(delta, density))
 
 
-def kth_largest(values: torch.Tensor, k: int) -> torch.Tensor:
-    """The k-th largest entry of a 1-D tensor, exactly.
+def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
+    """(threshold, cutoff) keeping exactly the k largest entries of a 1-D tensor (see trim_threshold).
 
-    A full ``kthvalue`` over tens of millions of entries dominates TIES' cost, so the value is first
-    bracketed with quantiles of a strided sample; the exact selection then runs only over the few
-    entries inside the bracket. If the bracket misses (it is checked by counting), the full
+    An exact selection over tens of millions of entries dominates TIES' cost, so the k-th value is
+    first bracketed with quantiles of a strided sample; the exact selection then runs only over the
+    few entries inside the bracket. If the bracket misses (it is checked by counting), the full
     selection runs instead, so the answer never depends on the sample.
     """
-    n = values.numel()
+    n = magnitude.numel()
+    if k >= n:
+        return float("-inf"), -1
+    if k <= 0:
+        return float("inf"), -1
     if n > 1 << 20:
-        stride = n // (1 << 16)
-        sample = values[::stride].float()
+        sample = magnitude[:: n // (1 << 16)].float()
         q = 1.0 - k / n
-        margin = 0.01
-        bounds = torch.quantile(sample, torch.tensor([max(q - margin, 0.0), min(q + margin, 1.0)]))
-        lo, hi = bounds[0].to(values.dtype), bounds[1].to(values.dtype)
-        above = int((values > hi).sum())
+        bounds = torch.quantile(sample, torch.tensor([max(q - 0.01, 0.0), min(q + 0.01, 1.0)]))
+        lo, hi = bounds[0].item(), bounds[1].item()
+        above = int(torch.count_nonzero(magnitude > hi))
         if above < k:
-            candidates = values[(values >= lo) & (values <= hi)]
-            rank = k - above  # rank among candidates, counted from the largest
-            if 0 < rank <= candidates.numel():
-                return torch.kthvalue(candidates, candidates.numel() - rank + 1).values
-    return torch.kthvalue(values, n - k + 1).values
+            positions = ((magnitude >= lo) & (magnitude <= hi)).nonzero().reshape(-1)
+            if 0 < k - above <= positions.numel():
+                return _cut(magnitude[positions], k - above, positions)
+    return _cut(magnitude, k, None)
+
+
+def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:
+    """Threshold and tie cutoff for the k largest of ``values`` (flat indices mapped by ``positions``)."""
+    threshold = torch.kthvalue(values, values.numel() - k + 1).values
+    missing = k - int(torch.count_nonzero(values > threshold))
+    if missing <= 0:
+        return float(threshold), -1
+    tied = (values == threshold).nonzero().reshape(-1)[missing - 1]
+    return float(threshold), int(positions[tied] if positions is not None else tied)
 
 
 def seeded_generator(seed: int, *key: object) -> torch.Generator:
@@ -130,10 +131,11 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
     merged = torch.zeros_like(total)
     divisor = torch.zeros_like(total) if normalize else None
     for delta, weight in zip(weighted, weights, strict=True):
-        agree = (torch.sign(delta) == elected) & (delta != 0)
-        merged += torch.where(agree, delta, 0.0)
+        # sign(δ)·elected is +1 exactly where δ is non-zero and agrees with a non-zero elected sign
+        agrees = torch.sign(delta).mul_(elected).clamp_(min=0)
+        merged.addcmul_(delta, agrees)
         if divisor is not None:
-            divisor.add_(agree.to(divisor.dtype), alpha=weight)
+            divisor.add_(agrees, alpha=weight)
     if divisor is not None:
         divisor[divisor == 0] = 1.0
         merged /= divisor

@@ -17,7 +17,16 @@ from mergebench.methods.registry import (
     normalize_param,
     register,
 )
-from mergebench.methods.sparsify import dare_drop, disjoint_merge, trim_mask, trim_threshold
+from mergebench.methods.sparsify import (
+    dare_drop,
+    disjoint_merge,
+    keep_count,
+    top_k_cut,
+    trim_mask,
+    trim_threshold,
+)
+
+PREPARE_CHUNK = 1 << 18
 
 
 def ties(
@@ -47,12 +56,27 @@ def ties(
     return base + lambda_ * disjoint_merge(weighted, weight, normalize)
 
 
-def ties_prepare(models, base, convert: Callable[[torch.Tensor], torch.Tensor], *, density, **_) -> dict:
-    """Each task vector's trim threshold, from the whole tensor (one model at a time in memory)."""
-    base_values = convert(base)
-    return {
-        "trims": [trim_threshold(convert(m) - base_values, d) for m, d in zip(models, density, strict=True)]
-    }
+def ties_prepare(
+    models, base, convert: Callable[[torch.Tensor], torch.Tensor], scratch, *, density, **_
+) -> dict:
+    """Each task vector's trim threshold over the whole tensor. |τ_i| is built chunk by chunk in one
+    recycled buffer (``scratch``), so no tensor-sized temporaries are allocated."""
+    flat_base = base.reshape(-1)
+    n = flat_base.numel()
+    sample = convert(flat_base[:1])
+    buffer = scratch.take(n * sample.element_size())
+    magnitude = buffer.view(sample.dtype) if n else sample[:0]
+    trims = []
+    for model, d in zip(models, density, strict=True):
+        flat = model.reshape(-1)
+        for start in range(0, n, PREPARE_CHUNK):
+            stop = min(start + PREPARE_CHUNK, n)
+            torch.sub(
+                convert(flat[start:stop]), convert(flat_base[start:stop]), out=magnitude[start:stop]
+            ).abs_()
+        trims.append(top_k_cut(magnitude, keep_count(n, d)))
+    scratch.give(buffer)
+    return {"trims": trims}
 
 
 def _dropped(models, base, density, key, offset, rescale):
