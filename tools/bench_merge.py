@@ -169,12 +169,17 @@ def timed(command: list[str], env: dict | None = None) -> tuple[float, float, in
     with open(log, "wb") as handle:
         actions = [(os.POSIX_SPAWN_DUP2, handle.fileno(), 1), (os.POSIX_SPAWN_DUP2, handle.fileno(), 2)]
         start = time.perf_counter()
-        pid = os.posix_spawn(shutil.which(command[0]) or command[0], command, env or os.environ, file_actions=actions)
+        pid = os.posix_spawn(
+            shutil.which(command[0]) or command[0], command, env or os.environ, file_actions=actions
+        )
         _, status, usage = os.wait4(pid, 0)
         wall = time.perf_counter() - start
     code = os.waitstatus_to_exitcode(status)
     if code:
-        print(f"  FAILED ({code}): {' '.join(command)}\n{log.read_text(errors='replace')[-2000:]}", file=sys.stderr)
+        print(
+            f"  FAILED ({code}): {' '.join(command)}\n{log.read_text(errors='replace')[-2000:]}",
+            file=sys.stderr,
+        )
     log.unlink(missing_ok=True)
     return wall, usage.ru_maxrss / 1e6, code
 
@@ -188,6 +193,21 @@ def ensure_mergekit(venv: Path) -> Path:
         subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel; unpinned pulls CUDA
         subprocess.run([*pip, "mergekit==0.1.5"], check=True)
     return executable
+
+
+def median_of(repeat: int, command: list[str], out: Path) -> tuple[float, float, int]:
+    """Median wall time, largest peak RSS, and output bytes of ``repeat`` runs into a fresh ``out``."""
+    walls, peaks, written = [], [], 0
+    for _ in range(repeat):
+        shutil.rmtree(out, ignore_errors=True)
+        wall, peak, code = timed(command)
+        if code:
+            raise SystemExit(f"benchmark command failed: {' '.join(command)}")
+        walls.append(wall)
+        peaks.append(peak)
+        written = output_bytes(out) if out.exists() else written
+        shutil.rmtree(out, ignore_errors=True)
+    return sorted(walls)[len(walls) // 2], max(peaks), written
 
 
 def input_files(paths: list[Path]) -> list[str]:
@@ -218,23 +238,11 @@ def run(args: argparse.Namespace) -> dict:
         # Warm the page cache the same way for every contender.
         timed([sys.executable, "-c", FLOOR_SCRIPT, os.pathsep.join(files), str(out), "0"])
         shutil.rmtree(out, ignore_errors=True)
-        mb = [
-            sys.executable,
-            "-m",
-            "mergebench",
-            "merge",
-            str(config_path),
-            str(out),
-            "--no-progress",
-            "--overwrite",
-        ]
-        row["mergebench_s"], row["mergebench_rss_gb"], code = timed(mb)
-        written = output_bytes(out) if code == 0 else 0
+        mb = [sys.executable, "-m", "mergebench", "merge", str(config_path), str(out), "--no-progress"]
+        row["mergebench_s"], row["mergebench_rss_gb"], written = median_of(args.repeat, mb, out)
         row["output_gb"] = written / 1e9
-        shutil.rmtree(out, ignore_errors=True)
         floor = [sys.executable, "-c", FLOOR_SCRIPT, os.pathsep.join(files), str(out), str(written)]
-        row["floor_s"], row["floor_rss_gb"], _ = timed(floor)
-        shutil.rmtree(out, ignore_errors=True)
+        row["floor_s"], row["floor_rss_gb"], _ = median_of(args.repeat, floor, out)
         if mergekit is not None:
             env = {**os.environ, "HF_HUB_OFFLINE": "1"}
             row["mergekit_s"], row["mergekit_rss_gb"], code = timed(
@@ -276,6 +284,7 @@ def main() -> None:
     parser.add_argument("--layers", type=int, default=14, help="decoder layers (14 → ~0.85B parameters)")
     parser.add_argument("--methods", type=lambda s: s.split(","), default=METHODS)
     parser.add_argument("--mergekit-venv", help="virtualenv with mergekit installed (mergekit-yaml)")
+    parser.add_argument("--repeat", type=int, default=3, help="runs of mergebench and the floor (median)")
     parser.add_argument("--json", help="also write the results here")
     args = parser.parse_args()
     results = run(args)

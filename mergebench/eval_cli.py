@@ -1,0 +1,72 @@
+"""``mergebench eval``: quick-eval one or more model dirs on JSONL data files (see mergebench.evaluate)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import click
+
+from mergebench.errors import EvalError
+
+
+@click.command(name="eval")
+@click.argument("models", nargs=-1, required=True, type=click.Path(file_okay=False, path_type=str))
+@click.option(
+    "--data",
+    "data_files",
+    multiple=True,
+    required=True,
+    type=click.Path(dir_okay=False, path_type=str),
+    help='JSONL file (repeatable): {"prompt","answer"} lines -> exact-match accuracy; {"text"} -> perplexity.',
+)
+@click.option(
+    "--device",
+    type=click.Choice(["auto", "cuda", "cpu"]),
+    default="auto",
+    show_default=True,
+    help="auto = cuda (bfloat16) when available, else cpu (float32).",
+)
+@click.option(
+    "--json", "json_out", type=click.Path(dir_okay=False, path_type=str), help="Also write results here."
+)
+@click.option("--batch-size", type=click.IntRange(min=1), default=32, show_default=True)
+@click.option(
+    "--max-new-tokens",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Generation limit (default: longest answer's token count + 8).",
+)
+def eval_command(models, data_files, device, json_out, batch_size, max_new_tokens):
+    """Evaluate MODEL dirs (rows) on every --data file (columns) and print a table."""
+    from mergebench.evaluate import evaluate_models, format_table
+
+    results = evaluate_models(
+        models, list(data_files), device, batch_size=batch_size, max_new_tokens=max_new_tokens
+    )
+    click.echo(format_table(results))
+    if json_out:
+        try:
+            Path(json_out).write_text(json.dumps(results, indent=2) + "\n", encoding="utf-8")
+        except OSError as e:
+            raise EvalError(f"{json_out}: cannot write results ({e.strerror})") from None
+        click.echo(f"wrote {json_out}")
+
+
+def main() -> None:  # pragma: no cover - standalone use before cli.py wires the command
+    from mergebench.errors import MergebenchError
+
+    try:
+        eval_command.main(standalone_mode=False)
+    except MergebenchError as e:
+        click.echo(f"error: {e}", err=True)
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.ClickException as e:
+        e.show()
+        raise SystemExit(e.exit_code) from None
+    except click.exceptions.Abort:
+        raise SystemExit(1) from None
+
+
+if __name__ == "__main__":  # pragma: no cover
+    main()

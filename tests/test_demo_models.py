@@ -1,0 +1,124 @@
+"""The demo-model builder (tools/build_demo_models.py), exercised in its small variant."""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import sys
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("torch")
+pytest.importorskip("transformers")
+pytest.importorskip("peft")
+
+ROOT = Path(__file__).resolve().parents[1]
+MODELS = ("base", "skill_a", "skill_b", "marker")
+EVAL_SETS = ("reverse", "add", "upper", "marker", "text")
+
+
+def _builder():
+    spec = importlib.util.spec_from_file_location(
+        "build_demo_models", ROOT / "tools" / "build_demo_models.py"
+    )
+    mod = importlib.util.module_from_spec(spec)
+    sys.modules[spec.name] = mod  # dataclasses look their module up there
+    spec.loader.exec_module(mod)
+    return mod
+
+
+@pytest.fixture(scope="module")
+def demo(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demo") / "demo_models"
+    _builder().build_demo_models(out, small=True, seed=0)
+    return out
+
+
+def test_layout_and_loading(demo):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    for name in MODELS:
+        d = demo / name
+        assert (d / "model.safetensors").is_file() and (d / "config.json").is_file()
+        assert (d / "tokenizer.json").is_file()
+        model = AutoModelForCausalLM.from_pretrained(d)
+        assert model.config.model_type == "llama"
+        tok = AutoTokenizer.from_pretrained(d)
+        assert tok.eos_token and tok.pad_token and tok.bos_token
+        assert tok.decode(tok("reverse: abc =")["input_ids"], skip_special_tokens=True) == "reverse: abc ="
+        assert len(tok) == model.config.vocab_size
+    lora = demo / "lora_c"
+    assert (lora / "adapter_model.safetensors").is_file()
+    cfg = json.loads((lora / "adapter_config.json").read_text())
+    assert cfg["peft_type"] == "LORA" and cfg["r"] > 0
+    assert (lora / "tokenizer.json").is_file()
+
+
+def test_lora_adapter_loads_with_peft(demo):
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(demo / "base")
+    model = PeftModel.from_pretrained(base, demo / "lora_c")
+    assert any("lora_A" in n for n, _ in model.named_parameters())
+
+
+def test_eval_sets_parse(demo):
+    from mergebench.evaluate import load_records
+
+    for name in EVAL_SETS:
+        recs = load_records(demo / "eval" / f"{name}.jsonl")
+        assert len(recs) >= 20
+        key = "text" if name == "text" else "prompt"
+        assert all(key in r for r in recs)
+    marker = load_records(demo / "eval" / "marker.jsonl")
+    assert all(r["answer"].endswith(" #") for r in marker)
+
+
+def test_build_is_deterministic(demo, tmp_path):
+    again = tmp_path / "again"
+    _builder().build_demo_models(again, small=True, seed=0)
+    for name in MODELS:
+        a = (demo / name / "model.safetensors").read_bytes()
+        b = (again / name / "model.safetensors").read_bytes()
+        assert a == b, name
+    assert (demo / "lora_c" / "adapter_model.safetensors").read_bytes() == (
+        again / "lora_c" / "adapter_model.safetensors"
+    ).read_bytes()
+    for name in EVAL_SETS:
+        assert (demo / "eval" / f"{name}.jsonl").read_bytes() == (
+            again / "eval" / f"{name}.jsonl"
+        ).read_bytes()
+
+
+def answer_nll(model, tokenizer, records, device):
+    """Custom evaluator: mean NLL of each answer's tokens (plus EOS) given its prompt."""
+    import torch
+
+    total, count = 0.0, 0
+    with torch.no_grad():
+        for r in records:
+            p = tokenizer(r["prompt"])["input_ids"]
+            a = tokenizer(" " + r["answer"], add_special_tokens=False)["input_ids"] + [tokenizer.eos_token_id]
+            ids = torch.tensor([p + a], device=device)
+            logp = torch.log_softmax(model(input_ids=ids).logits[0, len(p) - 1 : -1].float(), -1)
+            total -= float(logp.gather(-1, ids[0, len(p) :, None]).sum())
+            count += len(a)
+    return total / count
+
+
+def test_finetunes_beat_base_on_their_skill(demo):
+    """Small-variant accuracies are near 0, so compare the answers' NLL (a custom evaluator)."""
+    from mergebench import evaluate as ev
+
+    ev.register_evaluator("answer_nll", answer_nll)
+    try:
+        data = [demo / "eval" / f"{n}.jsonl" for n in ("reverse", "add", "marker")]
+        res = ev.evaluate_models([demo / m for m in MODELS], data, "cpu", batch_size=64, max_new_tokens=2)
+    finally:
+        ev.unregister_evaluator("answer_nll")
+    nll = {Path(m).name: {k: v["answer_nll"] for k, v in r.items()} for m, r in res.items()}
+    assert nll["skill_a"]["reverse"] < nll["base"]["reverse"]
+    assert nll["skill_b"]["add"] < nll["base"]["add"]
+    assert nll["marker"]["marker"] < nll["base"]["marker"]
