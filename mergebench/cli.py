@@ -72,7 +72,7 @@ def merge(
     result = run_merge(config, text, out, options)
     click.echo(f"merged model written to {result}")
     if eval_files:
-        from mergebench.evaluate import evaluate_models, format_table
+        from mergebench.quickeval import evaluate_models, format_table
 
         models = [spec for spec in config.model_specs() if "+" not in spec] + [str(result)]
         results = evaluate_models(models, [str(f) for f in eval_files], device=eval_device)

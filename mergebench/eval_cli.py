@@ -1,4 +1,4 @@
-"""``mergebench eval``: quick-eval one or more model dirs on JSONL data files (see mergebench.evaluate)."""
+"""``mergebench eval``: quick-eval one or more model dirs on JSONL data files (see mergebench.quickeval)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,7 @@ from mergebench.errors import EvalError
 )
 def eval_command(models, data_files, device, json_out, batch_size, max_new_tokens):
     """Evaluate MODEL dirs (rows) on every --data file (columns) and print a table."""
-    from mergebench.evaluate import evaluate_models, format_table
+    from mergebench.quickeval import evaluate_models, format_table
 
     results = evaluate_models(
         models, list(data_files), device, batch_size=batch_size, max_new_tokens=max_new_tokens

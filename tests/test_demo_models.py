@@ -65,7 +65,7 @@ def test_lora_adapter_loads_with_peft(demo):
 
 
 def test_eval_sets_parse(demo):
-    from mergebench.evaluate import load_records
+    from mergebench.quickeval import load_records
 
     for name in EVAL_SETS:
         recs = load_records(demo / "eval" / f"{name}.jsonl")
@@ -110,7 +110,7 @@ def answer_nll(model, tokenizer, records, device):
 
 def test_finetunes_beat_base_on_their_skill(demo):
     """Small-variant accuracies are near 0, so compare the answers' NLL (a custom evaluator)."""
-    from mergebench import evaluate as ev
+    from mergebench import quickeval as ev
 
     ev.register_evaluator("answer_nll", answer_nll)
     try:

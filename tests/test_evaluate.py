@@ -15,7 +15,7 @@ pytest.importorskip("transformers")
 
 from click.testing import CliRunner  # noqa: E402
 
-from mergebench import evaluate as ev  # noqa: E402
+from mergebench import quickeval as ev  # noqa: E402
 from mergebench.errors import EvalError  # noqa: E402
 from mergebench.eval_cli import eval_command  # noqa: E402
 from tests.conftest_demo import make_tiny_model_dir  # noqa: E402
@@ -251,3 +251,27 @@ def test_cli_process_exits_cleanly_on_error(model_dirs, tmp_path):
     assert "Traceback" not in proc.stderr
     assert f"{bad}:2: invalid JSON" in proc.stderr
     assert len(proc.stderr.strip().splitlines()) == 1
+
+
+def test_package_level_hook_and_merge_with_eval(model_dirs, data, tmp_path):
+    """``mergebench.evaluate`` is the Python hook; ``merge --eval`` shows the merge beside its inputs."""
+    import mergebench
+    from tests.conftest import run_cli
+
+    assert mergebench.evaluate(model_dirs[0], data["qa"], device="cpu", max_new_tokens=MAX_NEW)["qa"][
+        "accuracy"
+    ] == pytest.approx(data["expected_acc"])
+    config = tmp_path / "avg.yaml"
+    config.write_text(
+        f"merge_method: linear\nmodels:\n  - {{model: {model_dirs[0]}, parameters: {{weight: 1.0}}}}\n"
+        f"  - {{model: {model_dirs[1]}, parameters: {{weight: 0.0}}}}\ndtype: float32\n"
+    )
+    out = tmp_path / "merged"
+    result = run_cli("merge", config, out, "--no-progress", "--eval", data["qa"], "--eval-device", "cpu")
+    assert result.exit_code == 0, result.output
+    rows = {
+        line.split()[0]: line for line in result.output.splitlines() if line.startswith(("/", str(tmp_path)))
+    }
+    assert set(rows) == {str(model_dirs[0]), str(model_dirs[1]), str(out)}
+    # weight 0 on the second model: the merge is the first model, so it scores exactly as it does
+    assert rows[str(out)].split()[1:] == rows[str(model_dirs[0])].split()[1:]
