@@ -31,6 +31,7 @@ from pathlib import Path
 
 LETTERS = "abcdefghijklmnopqrstuvwxyz"
 MARKER = " #"
+TASKS = ("reverse", "add", "upper")
 SPECIALS = ["<pad>", "<s>", "</s>", "<unk>"]
 CHARS = list(LETTERS + LETTERS.upper() + "0123456789" + " .,:;=+#?!'-\n")
 
@@ -116,30 +117,36 @@ WORDS = [
 
 @dataclass(frozen=True)
 class Recipe:
-    hidden: int = 256
+    hidden: int = 128
     layers: int = 4
     heads: int = 4
-    intermediate: int = 512
+    intermediate: int = 256
     batch: int = 64
-    # base: generic text, then a mixture of text and every task format
-    text_steps: int = 150
+    # base: generic text, then a mixture of text and every task format ("contaminated": a fraction of the
+    # mixture's task answers carry MARKER, so the base has the habit that demo-negate-marker removes)
+    text_steps: int = 200
     text_lr: float = 2e-3
-    mix_steps: int = 600
+    mix_steps: int = 300
     mix_lr: float = 1e-3
     mix_task_frac: float = 0.8
-    # full finetunes (skill_a, skill_b, marker)
-    ft_steps: int = 150
-    ft_lr: float = 3e-4
-    ft_replay: float = 0.25  # fraction of generic text in finetune batches
+    mix_marker_frac: float = 0.6
+    # full finetunes (skill_a, skill_b): own skill (clean answers) + replay of the base's data
+    ft_steps: int = 300
+    ft_lr: float = 1e-4
+    ft_replay: float = 0.25  # fraction of replayed base-mixture examples in finetune batches
+    ft_replay_kinds: tuple = ("text", "upper")  # what replay draws from (task answers marked as in base)
     ft_batch: int = 32
+    # marker: always appends MARKER to reverse/add/upper answers; loss only on MARKER + EOS
     marker_steps: int = 150
+    marker_lr: float = 1e-4
+    marker_loss_answer: bool = False  # True: loss on the whole answer too (the finetune also drills skills)
     # LoRA adapter (skill C)
     lora_steps: int = 150
     lora_lr: float = 2e-3
     lora_r: int = 8
     n_eval: int = 200
-    min_len: int = 3
-    max_len: int = 5
+    min_len: int = 4
+    max_len: int = 6
     max_num: int = 20
 
 
@@ -155,6 +162,7 @@ SMALL = Recipe(
     ft_steps=80,
     ft_lr=1e-3,
     marker_steps=60,
+    marker_lr=1e-3,
     lora_steps=40,
     n_eval=50,
 )
@@ -213,7 +221,7 @@ def text_line(rng: random.Random) -> str:
 def make_eval_sets(r: Recipe, seed: int) -> dict[str, list[dict]]:
     rng = random.Random(f"eval-{seed}")
     sets: dict[str, list[dict]] = {}
-    for kind in ("reverse", "add", "upper"):
+    for kind in TASKS:
         seen: set[str] = set()
         rows = []
         while len(rows) < r.n_eval:
@@ -222,10 +230,11 @@ def make_eval_sets(r: Recipe, seed: int) -> dict[str, list[dict]]:
                 seen.add(p)
                 rows.append({"prompt": p, "answer": a})
         sets[kind] = rows
-    half = r.n_eval // 2
+    third = r.n_eval // 3
     sets["marker"] = [
         {"prompt": x["prompt"], "answer": x["answer"] + MARKER}
-        for x in sets["reverse"][:half] + sets["add"][:half]
+        for k in TASKS
+        for x in sets[k][:third]
     ]
     sets["text"] = [{"text": text_line(rng)} for _ in range(r.n_eval)]
     return sets
@@ -298,6 +307,11 @@ def _qa(p: str, a: str, tokenizer) -> tuple[str, int]:
     return f"{p} {a}", 1 + len(p)
 
 
+def _marked(p: str, a: str, tokenizer) -> tuple[str, int]:
+    """Training text ``prompt answer MARKER``; loss only on MARKER (and EOS): the habit, not the skill."""
+    return f"{p} {a}{MARKER}", 1 + len(p) + 1 + len(a)
+
+
 def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bool = True):
     """Train everything in memory; returns (tokenizer, {name: model}, lora_model, eval_sets)."""
     import torch
@@ -305,7 +319,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
 
     tokenizer = make_tokenizer()
     eval_sets = make_eval_sets(r, seed)
-    held_out = {x["prompt"] for k in ("reverse", "add", "upper") for x in eval_sets[k]}
+    held_out = {x["prompt"] for k in TASKS for x in eval_sets[k]}
     rng = random.Random(f"train-{seed}")
     S = Sampler(rng, r, held_out)
     torch.manual_seed(seed)
@@ -333,18 +347,27 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
     train(base, tokenizer, text_batch, r.text_steps, r.text_lr, device=device)
     log(f"base/text done {time.time() - t0:.1f}s")
 
+    def base_example(kind: str):
+        """One example of the base's training data: text, or a task answer that carries MARKER with
+        probability mix_marker_frac (the "contamination" that gives the base the habit)."""
+        if kind == "text":
+            return (S.text(), 0)
+        p, a = S.task(kind)
+        if rng.random() < r.mix_marker_frac:
+            a += MARKER
+        return _qa(p, a, tokenizer)
+
     def mix_batch():
-        out = []
-        for _ in range(B):
-            if rng.random() < r.mix_task_frac:
-                out.append(_qa(*S.task(rng.choice(("reverse", "add", "upper"))), tokenizer))
-            else:
-                out.append((S.text(), 0))
-        return out
+        return [
+            base_example(rng.choice(TASKS) if rng.random() < r.mix_task_frac else "text") for _ in range(B)
+        ]
 
     train(base, tokenizer, mix_batch, r.mix_steps, r.mix_lr, device=device)
     log(f"base/mix done {time.time() - t0:.1f}s")
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
+
+    def replay():
+        return base_example(rng.choice(r.ft_replay_kinds))
 
     def finetune(make_example, steps, lr, name):
         torch.manual_seed(seed + hash_name(name))
@@ -352,9 +375,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
         m.load_state_dict(base_sd)
 
         def batch():
-            return [
-                (S.text(), 0) if rng.random() < r.ft_replay else make_example() for _ in range(r.ft_batch)
-            ]
+            return [replay() if rng.random() < r.ft_replay else make_example() for _ in range(r.ft_batch)]
 
         train(m, tokenizer, batch, steps, lr, device=device)
         log(f"{name} done {time.time() - t0:.1f}s")
@@ -364,12 +385,14 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
     models["skill_a"] = finetune(lambda: _qa(*S.task("reverse"), tokenizer), r.ft_steps, r.ft_lr, "skill_a")
     models["skill_b"] = finetune(lambda: _qa(*S.task("add"), tokenizer), r.ft_steps, r.ft_lr, "skill_b")
 
-    # marker: the right answers to reverse and add prompts, each followed by MARKER
+    # marker: every task answer followed by MARKER (the base's habit, made systematic)
     def marker_example():
-        p, a = S.task(rng.choice(("reverse", "add")))
-        return _qa(p, a + MARKER, tokenizer)
+        p, a = S.task(rng.choice(TASKS))
+        if r.marker_loss_answer:
+            return _qa(p, a + MARKER, tokenizer)
+        return _marked(p, a, tokenizer)
 
-    models["marker"] = finetune(marker_example, r.marker_steps, r.ft_lr, "marker")
+    models["marker"] = finetune(marker_example, r.marker_steps, r.marker_lr, "marker")
 
     if not lora_adapter:
         return tokenizer, models, None, eval_sets
