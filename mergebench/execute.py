@@ -7,6 +7,7 @@ memory stays at a few output tensors' inputs however large the model is.
 
 from __future__ import annotations
 
+import os
 import queue
 import threading
 from collections import OrderedDict, deque
@@ -140,6 +141,11 @@ def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+def default_workers(device: str) -> int:
+    """Jobs computed at once: one per core on the CPU (each single-threaded), one on a GPU."""
+    return max(1, min(4, os.cpu_count() or 1)) if str(device) == "cpu" else 1
+
+
 def execute_plan(
     plan: MergePlan,
     writer: ShardedWriter,
@@ -148,14 +154,17 @@ def execute_plan(
     progress: bool = True,
     readahead: int = 2,
     readahead_bytes: int = 512 << 20,
+    workers: int | None = None,
     job_runner: JobRunner = run_job,
 ) -> None:
-    """Merge every job in order into ``writer``.
+    """Merge every job into ``writer``, in plan order.
 
-    Inputs of at most ``readahead`` jobs (and about ``readahead_bytes``) are read ahead of the one
-    being computed; the job runner gets ``(job, inputs, device, buffers)`` and may return one of its
-    input tensors (modified in place) as the output.
+    ``workers`` jobs are computed at once, and the inputs of up to ``readahead`` more (about
+    ``readahead_bytes`` in all) are read ahead; results are written strictly in order. The job
+    runner gets ``(job, inputs, device, buffers)`` and may return one of its input tensors
+    (modified in place) as the output.
     """
+    workers = workers or default_workers(device)
     bar = tqdm(
         total=plan.output_bytes,
         unit="B",
@@ -165,6 +174,12 @@ def execute_plan(
         dynamic_ncols=True,
     )
     buffers = BufferPool()
+    # Chunked arithmetic is made of many small operations: spreading each over an OpenMP team costs
+    # more in synchronisation than it gains, and collapses (10-20x slower) whenever another process
+    # competes for the cores. Jobs run side by side instead, each on one intra-op thread.
+    intra_op_threads = torch.get_num_threads()
+    if str(device) == "cpu":
+        torch.set_num_threads(1)
     out_queue: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list[BaseException] = []
 
@@ -179,40 +194,49 @@ def execute_plan(
                 write_errors.append(exc)
             buffers.give(tensor)
 
+    def compute(job: MergeJob, reading: Future) -> torch.Tensor:
+        inputs = reading.result()
+        merged = job_runner(job, inputs, device, buffers)
+        for tensor in inputs:
+            if not same_storage(tensor, merged):
+                buffers.give(tensor)
+        return merged
+
     writer_thread = threading.Thread(target=write_loop, name="mergebench-writer", daemon=True)
     writer_thread.start()
-    pending: deque[tuple[MergeJob, Future]] = deque()
+    in_flight: deque[tuple[MergeJob, Future]] = deque()
     upcoming = deque(plan.jobs)
+    readers = ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read")
+    computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergebench-compute")
     try:
-        with ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read") as pool:
 
-            def fill() -> None:
-                while upcoming and len(pending) <= readahead:
-                    in_flight = sum(job.input_bytes for job, _ in pending)
-                    if pending and in_flight + upcoming[0].input_bytes > readahead_bytes:
-                        return
-                    job = upcoming.popleft()
-                    pending.append((job, pool.submit(read_inputs, job, buffers)))
+        def fill() -> None:
+            while upcoming and len(in_flight) < workers + readahead:
+                held = sum(job.input_bytes for job, _ in in_flight)
+                if in_flight and held + upcoming[0].input_bytes > readahead_bytes:
+                    return
+                job = upcoming.popleft()
+                in_flight.append(
+                    (job, computers.submit(compute, job, readers.submit(read_inputs, job, buffers)))
+                )
 
+        for count in range(1, len(plan.jobs) + 1):
             fill()
-            for count in range(1, len(plan.jobs) + 1):
-                job, future = pending.popleft()
-                fill()
-                inputs = future.result()
-                merged = job_runner(job, inputs, device, buffers)
-                for tensor in inputs:
-                    if not same_storage(tensor, merged):
-                        buffers.give(tensor)
-                if write_errors:
-                    raise write_errors[0]
-                out_queue.put((job.output.name, merged))
-                bar.update(job.output.nbytes)
-                bar.set_postfix_str(f"{count}/{len(plan.jobs)} tensors", refresh=False)
+            job, future = in_flight.popleft()
+            merged = future.result()
+            if write_errors:
+                raise write_errors[0]
+            out_queue.put((job.output.name, merged))
+            bar.update(job.output.nbytes)
+            bar.set_postfix_str(f"{count}/{len(plan.jobs)} tensors", refresh=False)
     finally:
-        for _, future in pending:
+        for _, future in in_flight:
             future.cancel()
+        computers.shutdown(wait=True, cancel_futures=True)
+        readers.shutdown(wait=True, cancel_futures=True)
         out_queue.put(None)
         writer_thread.join()
         bar.close()
+        torch.set_num_threads(intra_op_threads)
     if write_errors:
         raise write_errors[0]
