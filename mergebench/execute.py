@@ -99,7 +99,7 @@ class BufferPool:
     oldest first, so the pool never holds more than the work in flight plus that limit.
     """
 
-    def __init__(self, idle_limit: int = 1 << 30) -> None:
+    def __init__(self, idle_limit: int = 384 << 20) -> None:
         self.idle_limit = idle_limit
         self._idle: OrderedDict[int, torch.Tensor] = OrderedDict()  # data_ptr → buffer, oldest first
         self._issued: set[int] = set()
@@ -153,7 +153,7 @@ def execute_plan(
     device: str = "cpu",
     progress: bool = True,
     readahead: int = 2,
-    readahead_bytes: int = 512 << 20,
+    readahead_bytes: int = 384 << 20,
     workers: int | None = None,
     job_runner: JobRunner = run_job,
 ) -> None:

@@ -158,41 +158,29 @@ with open(os.path.join(out, 'floor.bin'), 'wb', buffering=0) as f:
 """
 
 
+# Peak RSS is read by a small launcher process: a child spawned straight from this (large) process
+# inherits its resident-set high-water mark at exec, which would pollute the reading.
+LAUNCHER = """
+import resource, subprocess, sys
+code = subprocess.call(sys.argv[2:], stdout=subprocess.DEVNULL, stderr=open(sys.argv[1] + '.err', 'w'))
+open(sys.argv[1], 'w').write(f"{code} {resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss}")
+"""
+
+
 def timed(command: list[str], env: dict | None = None) -> tuple[float, float, int]:
-    """Run a command; returns (wall seconds, its own peak RSS in GB, exit code).
-
-    ``posix_spawn`` rather than fork: a forked child starts with this process's resident pages,
-    which would pollute its peak-RSS reading.
-    """
+    """Run a command; returns (wall seconds, its own peak RSS in GB, exit code)."""
     os.sync()  # start every run with no dirty pages from the previous one
-    log = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}.log"
-    with open(log, "wb") as handle:
-        actions = [(os.POSIX_SPAWN_DUP2, handle.fileno(), 1), (os.POSIX_SPAWN_DUP2, handle.fileno(), 2)]
-        start = time.perf_counter()
-        pid = os.posix_spawn(
-            shutil.which(command[0]) or command[0], command, env or os.environ, file_actions=actions
-        )
-        _, status, usage = os.wait4(pid, 0)
-        wall = time.perf_counter() - start
-    code = os.waitstatus_to_exitcode(status)
+    report = Path(os.environ.get("TMPDIR", "/tmp")) / f"bench-{os.getpid()}.rss"
+    start = time.perf_counter()
+    subprocess.run([sys.executable, "-c", LAUNCHER, str(report), *command], env=env, check=False)
+    wall = time.perf_counter() - start
+    code, peak_kb = (int(x) for x in report.read_text().split())
     if code:
-        print(
-            f"  FAILED ({code}): {' '.join(command)}\n{log.read_text(errors='replace')[-2000:]}",
-            file=sys.stderr,
-        )
-    log.unlink(missing_ok=True)
-    return wall, usage.ru_maxrss / 1e6, code
-
-
-def ensure_mergekit(venv: Path) -> Path:
-    """mergekit in a virtualenv of its own (created on first use), so its pins never touch ours."""
-    executable = venv / "bin" / "mergekit-yaml"
-    if not executable.exists():
-        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
-        subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel; unpinned pulls CUDA
-        subprocess.run([*pip, "mergekit==0.1.5"], check=True)
-    return executable
+        errors = Path(f"{report}.err").read_text(errors="replace")[-2000:]
+        print(f"  FAILED ({code}): {' '.join(command)}\n{errors}", file=sys.stderr)
+    report.unlink(missing_ok=True)
+    Path(f"{report}.err").unlink(missing_ok=True)
+    return wall, peak_kb / 1e6, code
 
 
 def median_of(repeat: int, command: list[str], out: Path) -> tuple[float, float, int]:
@@ -208,6 +196,17 @@ def median_of(repeat: int, command: list[str], out: Path) -> tuple[float, float,
         written = output_bytes(out) if out.exists() else written
         shutil.rmtree(out, ignore_errors=True)
     return sorted(walls)[len(walls) // 2], max(peaks), written
+
+
+def ensure_mergekit(venv: Path) -> Path:
+    """mergekit in a virtualenv of its own (created on first use), so its pins never touch ours."""
+    executable = venv / "bin" / "mergekit-yaml"
+    if not executable.exists():
+        subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+        pip = [str(venv / "bin" / "python"), "-m", "pip", "install", "-q"]
+        subprocess.run([*pip, "torch==2.13.0"], check=True)  # the CPU wheel; unpinned pulls CUDA
+        subprocess.run([*pip, "mergekit==0.1.5"], check=True)
+    return executable
 
 
 def input_files(paths: list[Path]) -> list[str]:
