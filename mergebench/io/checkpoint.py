@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from mergebench.errors import CheckpointError
+from mergebench.errors import CheckpointError, MergebenchError
 from mergebench.io.safetensors_header import TensorInfo, read_header, read_tensor
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
@@ -93,7 +93,7 @@ class Checkpoint:
 def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
     """Open ``spec`` (a local directory, or a hub id ``org/name[@revision]``) reading headers only."""
     directory = resolve_model_dir(spec)
-    config = _read_json(directory / "config.json") if (directory / "config.json").is_file() else None
+    config = read_json(directory / "config.json") if (directory / "config.json").is_file() else None
     if (directory / SAFETENSORS_INDEX).is_file():
         return Checkpoint(spec, directory, _sharded_headers(directory, SAFETENSORS_INDEX), config)
     if (directory / SAFETENSORS_SINGLE).is_file():
@@ -152,19 +152,20 @@ def _hub_snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
         ) from None
 
 
-def _read_json(path: Path) -> dict:
+def read_json(path: Path, error: type[MergebenchError] = CheckpointError) -> dict:
+    """A JSON object from ``path``, or ``error`` naming the file."""
     try:
         data = json.loads(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise CheckpointError(f"{path}: unreadable JSON ({exc})") from None
+        raise error(f"{path}: unreadable JSON ({exc})") from None
     if not isinstance(data, dict):
-        raise CheckpointError(f"{path}: expected a JSON object")
+        raise error(f"{path}: expected a JSON object")
     return data
 
 
 def _weight_map(directory: Path, index_name: str) -> dict[str, Path]:
     index_path = directory / index_name
-    weight_map = _read_json(index_path).get("weight_map")
+    weight_map = read_json(index_path).get("weight_map")
     if not isinstance(weight_map, dict) or not weight_map:
         raise CheckpointError(f"{index_path}: missing or empty 'weight_map'")
     return {

@@ -14,7 +14,6 @@ is C itself, or Cᵀ for ``fan_in_fan_out`` layers (GPT-2 Conv1D) and embeddings
 
 from __future__ import annotations
 
-import json
 import math
 import re
 from collections.abc import Mapping
@@ -24,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mergebench.errors import AdapterError, CheckpointError
-from mergebench.io.checkpoint import Checkpoint, resolve_model_dir
+from mergebench.io.checkpoint import Checkpoint, read_json, resolve_model_dir
 from mergebench.io.safetensors_header import TensorInfo, read_header
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -119,12 +118,7 @@ def open_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
     config_path = directory / ADAPTER_CONFIG
     if not config_path.is_file():
         raise AdapterError(f"{spec}: not a PEFT adapter (no {ADAPTER_CONFIG})")
-    try:
-        config = json.loads(config_path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise AdapterError(f"{config_path}: unreadable JSON ({exc})") from None
-    if not isinstance(config, dict):
-        raise AdapterError(f"{config_path}: expected a JSON object")
+    config = read_json(config_path, AdapterError)
     weights = _open_weights(spec, directory, allow_pickle)
     _check_config(spec, config)
     modules, replacements = _parse_modules(spec, config, weights.tensors)
