@@ -13,7 +13,8 @@ rank-64 PEFT adapter on q,k,v,o,gate,up,down. Then, each in its own subprocess w
           ``save_pretrained``.
 
 Wall time (median of --repeat runs, each after ``sync``, process start and imports included) and peak
-RSS (``os.wait4`` rusage of that child alone) are printed with ratios.
+RSS (read by bench_merge's launcher, so this process's own memory does not leak into it) are printed
+with ratios.
 """
 
 from __future__ import annotations
@@ -22,12 +23,13 @@ import argparse
 import json
 import os
 import shutil
-import subprocess
 import sys
-import time
 from pathlib import Path
 
 import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+from bench_merge import timed  # noqa: E402
 
 ROOT = Path(__file__).resolve().parent.parent
 sys.path.insert(0, str(ROOT))
@@ -167,16 +169,12 @@ model.save_pretrained(sys.argv[3], max_shard_size=sys.argv[4])
 
 
 def run(script: str, *args: str) -> tuple[float, float]:
-    """(wall seconds, peak RSS in GB) of one child process."""
+    """(wall seconds, peak RSS in GB) of one child process, measured as in bench_merge."""
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
-    os.sync()  # earlier runs' dirty pages are flushed outside the timing (writeback throttles writers)
-    start = time.perf_counter()
-    child = subprocess.Popen([sys.executable, "-c", script, *map(str, args)], env=env)
-    _, status, usage = os.wait4(child.pid, 0)
-    wall = time.perf_counter() - start
-    if status != 0:
-        raise SystemExit(f"benchmark step failed (status {status}): {args}")
-    return wall, usage.ru_maxrss / 1e6  # ru_maxrss is in KiB on Linux
+    wall, rss, code = timed([sys.executable, "-c", script, *map(str, args)], env)
+    if code:
+        raise SystemExit(f"benchmark step failed (exit {code}): {args}")
+    return wall, rss
 
 
 def warm(paths: list[Path]) -> None:
