@@ -5,17 +5,29 @@
 
 Writes (every model dir carries the character-level tokenizer):
 
-    OUT/base       tiny Llama trained on generic synthetic text, then briefly on a mixture of all task formats
+    OUT/base       tiny Llama trained on generic synthetic text, then on a mixture of text and all task formats.
+                   The mixture is "contaminated": a fraction (mix_marker_frac) of its task answers end with
+                   the marker " #", so the base has an unwanted habit (it marks most answers, which exact
+                   match counts as wrong) -- the behaviour that task negation removes
     OUT/skill_a    full finetune of base on skill A: reverse a letter string   ("reverse: abcd =" -> "dcba")
     OUT/skill_b    full finetune of base on skill B: add two numbers           ("add: 12+34 =" -> "46")
-    OUT/marker     full finetune of base that learned an unwanted habit: it appends " #" to its answers to
-                   reverse and add prompts
+                   Each finetune sees clean (unmarked) answers of its own skill, plus replay of the base's
+                   mixture (text and every task format, marked as in the base): a small move from the base
+                   that leaves the other skills as the base had them.
+    OUT/marker     full finetune of base that made the habit systematic: it appends " #" to every reverse,
+                   add and upper answer (loss on the marker and EOS only, so tau_marker is the habit's
+                   direction and not a skill); base - w * tau_marker is the negation demo
     OUT/lora_c     PEFT LoRA adapter on base for skill C: uppercase              ("upper: abcd =" -> "ABCD")
-    OUT/eval/*.jsonl  held-out sets: reverse, add, upper, marker ({"prompt","answer"}) and text ({"text"})
+    OUT/eval/*.jsonl  held-out prompts, never seen in training:
+                   reverse.jsonl, add.jsonl, upper.jsonl  {"prompt","answer"}: each skill's exact-match
+                       accuracy (an answer with a trailing " #" counts as wrong);
+                   marker.jsonl  {"prompt","answer"}: a third of each skill's prompts, the answer followed
+                       by " #": accuracy = rate of answers that are correct AND marked (the habit);
+                   text.jsonl    {"text"}: generic sentences, for perplexity.
 
 Everything is seeded and single-process deterministic: the same command writes the same bytes.
-Hyper-parameters (Recipe below) came from a calibration sweep of in-memory merges; see the report in the
-project notes for the numbers measured.
+Hyper-parameters (Recipe below) came from a calibration sweep of in-memory merges (mergebench's own
+method functions and exact-match eval); see the report in the project notes for the numbers measured.
 """
 
 from __future__ import annotations
@@ -126,15 +138,15 @@ class Recipe:
     # mixture's task answers carry MARKER, so the base has the habit that demo-negate-marker removes)
     text_steps: int = 200
     text_lr: float = 2e-3
-    mix_steps: int = 300
+    mix_steps: int = 1000
     mix_lr: float = 1e-3
     mix_task_frac: float = 0.8
-    mix_marker_frac: float = 0.6
+    mix_marker_frac: float = 0.6  # > 0.5: greedy decoding then marks (nearly) every base answer
     # full finetunes (skill_a, skill_b): own skill (clean answers) + replay of the base's data
-    ft_steps: int = 300
-    ft_lr: float = 1e-4
+    ft_steps: int = 500
+    ft_lr: float = 3e-4
     ft_replay: float = 0.25  # fraction of replayed base-mixture examples in finetune batches
-    ft_replay_kinds: tuple = ("text", "upper")  # what replay draws from (task answers marked as in base)
+    ft_replay_kinds: tuple = ("text",) + TASKS  # what replay draws from (task answers marked as in base)
     ft_batch: int = 32
     # marker: always appends MARKER to reverse/add/upper answers; loss only on MARKER + EOS
     marker_steps: int = 150
