@@ -466,6 +466,7 @@ def save_all(out: Path, tokenizer, models: dict, lora, eval_sets: dict) -> None:
     ev.mkdir(exist_ok=True)
     for name, rows in eval_sets.items():
         _write_jsonl(ev / f"{name}.jsonl", rows)
+    (out / ".complete").write_text("written by tools/build_demo_models.py\n")  # tools/demo.sh checks it
 
 
 def build_demo_models(out_dir, *, small: bool = False, seed: int = 0, recipe: Recipe | None = None, log=None):

@@ -6,7 +6,8 @@
 Runs ``mergebench merge`` for each demo config and ``mergebench lora merge`` for the LoRA adapter,
 then evaluates every input and output with mergebench's quick-eval (each model loaded once,
 batched; bf16 on CUDA when ``--device auto`` finds one) on every ``DEMO/eval/*.jsonl``, plus a
-``marker_rate`` column: the fraction of prompts whose greedy answer ends with the unwanted marker.
+``marker_rate`` column (the fraction of prompts whose greedy answer ends with the unwanted marker)
+and accuracy with a trailing marker removed (the skill itself, habit aside).
 Prints a Markdown table and the target checks (merge retention, negation), and writes
 ``OUT/report.json``.
 """
@@ -40,6 +41,20 @@ def marker_rate(model, tokenizer, records, device) -> float | None:
     return sum(o.endswith(MARKER) for o in outs) / len(outs)
 
 
+def unmarked_accuracy(model, tokenizer, records, device) -> float | None:
+    """Exact-match accuracy with a trailing marker removed: the skill itself, habit aside."""
+    qa = [r for r in records if "prompt" in r]
+    if not qa:
+        return None
+    outs = greedy_generate(
+        model, tokenizer, [r["prompt"] for r in qa], device, max_new_tokens=16, batch_size=64
+    )
+    stripped = [o.removesuffix(MARKER).strip() for o in outs]
+    return sum(
+        o == r["answer"].removesuffix(MARKER).strip() for o, r in zip(stripped, qa, strict=True)
+    ) / len(qa)
+
+
 def run(command: list[str]) -> None:
     done = subprocess.run(command, cwd=ROOT, capture_output=True, text=True)
     if done.returncode:
@@ -67,17 +82,21 @@ def merge_all(demo: Path, out: Path, merge_device: str) -> dict[str, Path]:
 
 
 def markdown(results: dict, names: dict[str, str]) -> str:
-    stems = list(next(iter(results.values())))
+    stems = [s for s in next(iter(results.values())) if s != "marker"]
     header = ["model"]
     for stem in stems:
-        header += [f"{stem} ppl"] if stem == "text" else [f"{stem} acc"]
+        header += [f"{stem} ppl"] if stem == "text" else [f"{stem} acc (habit aside)"]
     header += ["marker rate"]
     lines = ["| " + " | ".join(header) + " |", "|" + "---|" * len(header)]
     for path, scores in results.items():
         row = [names[path]]
         for stem in stems:
-            value = scores[stem]["perplexity"] if stem == "text" else scores[stem]["accuracy"]
-            row.append("–" if value is None else f"{value:.3f}" if stem == "text" else f"{100 * value:.1f}%")
+            if stem == "text":
+                row.append(f"{scores[stem]['perplexity']:.3f}")
+            else:
+                row.append(
+                    f"{100 * scores[stem]['accuracy']:.1f}% ({100 * scores[stem]['unmarked_accuracy']:.1f}%)"
+                )
         rates = [s["marker_rate"] for stem, s in scores.items() if stem in ("reverse", "add", "upper")]
         rates = [r for r in rates if r is not None]
         row.append(f"{100 * sum(rates) / len(rates):.1f}%" if rates else "–")
@@ -95,6 +114,9 @@ def checks(results: dict, by_name: dict[str, str]) -> list[str]:
         rates = [results[by_name[name]][s]["marker_rate"] for s in ("reverse", "add", "upper")]
         return sum(rates) / len(rates)
 
+    def unmarked(name, stem):
+        return results[by_name[name]][stem]["unmarked_accuracy"]
+
     lines = []
     own = {skill: acc(model, skill) for skill, model in SKILL_MODELS.items()}
     best = max(
@@ -111,11 +133,12 @@ def checks(results: dict, by_name: dict[str, str]) -> list[str]:
         before, after = marker("base"), marker("demo-negate-marker")
         removed = 1 - after / before if before else 0.0
         drops = {
-            s: 100 * (acc("base", s) - acc("demo-negate-marker", s)) for s in ("reverse", "add", "upper")
+            s: 100 * (unmarked("base", s) - unmarked("demo-negate-marker", s))
+            for s in ("reverse", "add", "upper")
         }
         lines.append(
             f"negation: marker rate {100 * before:.1f}% (base) → {100 * after:.1f}%, {100 * removed:.0f}% removed; "
-            + ", ".join(f"{s} {-d:+.1f} pts" for s, d in drops.items())
+            + ", ".join(f"{s} {-d:+.1f} pts habit aside" for s, d in drops.items())
             + f" (target ≥ 90% removed, ≤ 5 pts lost: {'met' if removed >= 0.9 and max(drops.values()) <= 5 else 'missed'})"
         )
     return lines
@@ -138,6 +161,7 @@ def main() -> None:
     models = {**inputs, **merged}
     by_name = {name: str(path) for name, path in models.items()}
     mergebench.register_evaluator("marker_rate", marker_rate)
+    mergebench.register_evaluator("unmarked_accuracy", unmarked_accuracy)
     data = sorted(str(p) for p in (demo / "eval").glob("*.jsonl"))
     start = time.perf_counter()
     results = mergebench.evaluate_models(list(by_name.values()), data, device=args.device)
