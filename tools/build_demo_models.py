@@ -244,9 +244,7 @@ def make_eval_sets(r: Recipe, seed: int) -> dict[str, list[dict]]:
         sets[kind] = rows
     third = r.n_eval // 3
     sets["marker"] = [
-        {"prompt": x["prompt"], "answer": x["answer"] + MARKER}
-        for k in TASKS
-        for x in sets[k][:third]
+        {"prompt": x["prompt"], "answer": x["answer"] + MARKER} for k in TASKS for x in sets[k][:third]
     ]
     sets["text"] = [{"text": text_line(rng)} for _ in range(r.n_eval)]
     return sets

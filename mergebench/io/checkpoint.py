@@ -63,10 +63,6 @@ class Checkpoint:
     config: dict | None = None
     _pickled: dict[str, torch.Tensor] | None = field(default=None, repr=False)
 
-    @property
-    def name(self) -> str:
-        return self.spec
-
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Read tensor ``name`` into memory: into ``buffer`` (uint8, exactly the tensor's byte size)
         when given, else a fresh tensor. Either way the caller owns the result and may modify it."""
@@ -84,10 +80,6 @@ class Checkpoint:
 
     def tokenizer_files(self) -> list[Path]:
         return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
-
-    @property
-    def total_bytes(self) -> int:
-        return sum(info.nbytes for info in self.tensors.values())
 
 
 def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
