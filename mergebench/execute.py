@@ -50,10 +50,14 @@ def run_job(
     tensors: list[torch.Tensor],
     device: torch.device | str = "cpu",
     buffers: BufferPool | None = None,
+    *,
+    chunked: bool | None = None,
 ) -> torch.Tensor:
     """Compute one output tensor from its inputs (ordered as ``job.inputs``); returns it on the CPU.
 
     ``buffers`` lends recycled memory for the output and for whole-tensor scratch space.
+    ``chunked`` (default: elementwise methods on the CPU) streams the math through small chunks;
+    otherwise whole tensors go to ``device`` at once, which is what a GPU wants.
     """
     buffers = buffers or BufferPool(idle_limit=0)
     method = job.method
@@ -68,7 +72,9 @@ def run_job(
 
     kwargs = method_kwargs(job)
     split = 1 if job.base is not None else 0
-    if not method.elementwise or str(device) != "cpu":
+    if chunked is None:
+        chunked = method.elementwise and torch.device(device).type == "cpu"
+    if not chunked:
         prepared = [convert(t) for t in tensors]
         base = prepared[0] if split else None
         return method.function(prepared[split:], base, **kwargs).to(dtype=job.output.dtype).cpu()
@@ -143,7 +149,7 @@ def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
 
 def default_workers(device: str) -> int:
     """Jobs computed at once: one per core on the CPU (each single-threaded), one on a GPU."""
-    return max(1, min(4, os.cpu_count() or 1)) if str(device) == "cpu" else 1
+    return max(1, min(4, os.cpu_count() or 1)) if torch.device(device).type == "cpu" else 1
 
 
 def execute_plan(
@@ -178,7 +184,7 @@ def execute_plan(
     # more in synchronisation than it gains, and collapses (10-20x slower) whenever another process
     # competes for the cores. Jobs run side by side instead, each on one intra-op thread.
     intra_op_threads = torch.get_num_threads()
-    if str(device) == "cpu":
+    if torch.device(device).type == "cpu":
         torch.set_num_threads(1)
     out_queue: queue.Queue = queue.Queue(maxsize=2)
     write_errors: list[BaseException] = []
