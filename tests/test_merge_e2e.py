@@ -393,3 +393,15 @@ def test_hub_id_resolves_from_local_cache_offline(llama_family, tmp_path):
     )
     assert done.returncode != 0 and "Traceback" not in done.stderr
     assert "acme/not-cached" in done.stderr.strip().splitlines()[-1]
+
+
+def test_inspect_summarises_headers(llama_family):
+    result = run_cli("inspect", llama_family.base, "--tensors")
+    assert result.exit_code == 0, result.output
+    first, layers, dtypes = result.output.splitlines()[:3]
+    assert "LlamaForCausalLM, 30 tensors" in first
+    params = sum(v.size for v in load_state(llama_family.base).values())
+    assert f"{params / 1e6:.1f}M parameters" in first
+    assert "layers: 3" in layers and "float32 ×30" in dtypes
+    assert "model.layers.2.mlp.down_proj.weight  [32, 64]  float32" in result.output
+    assert_clean_failure(run_cli("inspect", llama_family.base / "nope"), "not found")
