@@ -1,8 +1,8 @@
-"""Run a plan: read inputs ahead on worker threads, merge one tensor at a time, stream to the writer.
+"""Run a plan: read inputs ahead, merge a few tensors at a time, stream results to the writer in order.
 
-Three stages overlap — reading (threads; file reads release the GIL), arithmetic (the calling
-thread; torch releases the GIL) and writing (one thread) — with bounded queues between them, so
-memory stays at a few output tensors' inputs however large the model is.
+Three stages overlap — reading (threads; file reads release the GIL), arithmetic (one
+single-threaded worker per core; torch releases the GIL) and writing (one thread) — with bounded
+queues between them, so memory stays at a few output tensors' inputs however large the model is.
 """
 
 from __future__ import annotations

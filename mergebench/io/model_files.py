@@ -12,13 +12,6 @@ import torch
 from mergebench import __version__
 from mergebench.io.checkpoint import Checkpoint
 
-DTYPE_NAMES = {
-    torch.float32: "float32",
-    torch.float16: "float16",
-    torch.bfloat16: "bfloat16",
-    torch.float64: "float64",
-}
-
 
 def write_config(
     directory: Path, reference: Checkpoint, dtype: torch.dtype | None, updates: dict | None = None
@@ -28,7 +21,7 @@ def write_config(
         return
     config = dict(reference.config)
     if dtype is not None:
-        config["torch_dtype"] = DTYPE_NAMES.get(dtype, str(dtype).removeprefix("torch."))
+        config["torch_dtype"] = str(dtype).removeprefix("torch.")  # torch.bfloat16 → "bfloat16"
         if "dtype" in config:
             config["dtype"] = config["torch_dtype"]
     config.update(updates or {})

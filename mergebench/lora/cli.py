@@ -14,9 +14,9 @@ DTYPES = ["float32", "float16", "bfloat16"]
 def _dtype(name: str | None):
     if name is None:
         return None
-    import torch
+    from mergebench.config import DTYPE_NAMES  # imports torch: only once a command runs
 
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    return DTYPE_NAMES[name]
 
 
 @click.group("lora", context_settings={"help_option_names": ["-h", "--help"]})
