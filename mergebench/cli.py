@@ -72,11 +72,10 @@ def merge(
     result = run_merge(config, text, out, options)
     click.echo(f"merged model written to {result}")
     if eval_files:
-        from mergebench.quickeval import evaluate_models, format_table
+        from mergebench.eval_cli import evaluate_and_print
 
         models = [spec for spec in config.model_specs() if "+" not in spec] + [str(result)]
-        results = evaluate_models(models, [str(f) for f in eval_files], device=eval_device)
-        click.echo(format_table(results))
+        evaluate_and_print(models, [str(f) for f in eval_files], eval_device)
 
 
 @main.command()

@@ -275,3 +275,46 @@ def test_package_level_hook_and_merge_with_eval(model_dirs, data, tmp_path):
     assert set(rows) == {str(model_dirs[0]), str(model_dirs[1]), str(out)}
     # weight 0 on the second model: the merge is the first model, so it scores exactly as it does
     assert rows[str(out)].split()[1:] == rows[str(model_dirs[0])].split()[1:]
+
+
+class TooBig(Exception):
+    """Stands in for an out-of-memory error: raised by the batch function below for batches over a limit."""
+
+
+def test_batches_run_longest_first_shrink_on_error_and_keep_input_order():
+    lengths = [3, 9, 1, 7, 7, 2, 5]
+    seen: list[list[int]] = []
+    shrinks = []
+
+    def run(indices):
+        seen.append(indices)
+        if len(indices) > 2:
+            raise TooBig("batch too large")
+        return [f"item{i}" for i in indices]
+
+    out = ev.map_in_batches(lengths, 4, run, shrink_on=(TooBig,), on_shrink=lambda: shrinks.append(1))
+    assert out == [f"item{i}" for i in range(len(lengths))]
+    assert seen[0] == [1, 3, 4, 6]  # longest first: 9, 7, 7, 5
+    assert [len(b) for b in seen[1:]] == [2, 2, 2, 1]  # halved once, then kept at 2
+    assert len(shrinks) == 1
+    assert [i for b in seen[1:] for i in b] == [1, 3, 4, 6, 0, 5, 2]
+
+
+def test_a_single_row_that_does_not_fit_is_a_clear_error():
+    def run(indices):
+        raise TooBig("CUDA out of memory. Tried to allocate 2.00 GiB")
+
+    with pytest.raises(EvalError, match="out of memory on a single row"):
+        ev.map_in_batches([4, 2], 8, run, shrink_on=(TooBig,))
+    with pytest.raises(TooBig):  # errors not named in shrink_on pass through untouched
+        ev.map_in_batches([4, 2], 8, run)
+
+
+@pytest.mark.parametrize("batch_size", [1, 2, None])
+def test_results_do_not_depend_on_batch_size(model_dirs, data, batch_size):
+    res = ev.evaluate(
+        model_dirs[0], [data["qa"], data["text"]], "cpu", batch_size=batch_size, max_new_tokens=MAX_NEW
+    )
+    model, tok = _load(model_dirs[0])
+    assert res["qa"]["accuracy"] == data["expected_acc"]
+    assert res["text"]["perplexity"] == pytest.approx(reference_ppl(model, tok, TEXTS), rel=1e-4)

@@ -37,7 +37,7 @@ def marker_rate(model, tokenizer, records, device) -> float | None:
     prompts = [r["prompt"] for r in records if "prompt" in r]
     if not prompts:
         return None
-    outs = greedy_generate(model, tokenizer, prompts, device, max_new_tokens=16, batch_size=64)
+    outs = greedy_generate(model, tokenizer, prompts, device, max_new_tokens=16)
     return sum(o.endswith(MARKER) for o in outs) / len(outs)
 
 
@@ -46,9 +46,7 @@ def unmarked_accuracy(model, tokenizer, records, device) -> float | None:
     qa = [r for r in records if "prompt" in r]
     if not qa:
         return None
-    outs = greedy_generate(
-        model, tokenizer, [r["prompt"] for r in qa], device, max_new_tokens=16, batch_size=64
-    )
+    outs = greedy_generate(model, tokenizer, [r["prompt"] for r in qa], device, max_new_tokens=16)
     stripped = [o.removesuffix(MARKER).strip() for o in outs]
     return sum(
         o == r["answer"].removesuffix(MARKER).strip() for o, r in zip(stripped, qa, strict=True)
