@@ -392,6 +392,15 @@ def evaluate_loaded(
     return results
 
 
+def _evaluate_dir(model_dir, parsed: dict[str, list[dict]], device, **options) -> dict[str, dict]:
+    """Load one model, evaluate it, let it go; an eval error names the model it happened on."""
+    model, tokenizer, dev = load_model(model_dir, device)
+    try:
+        return evaluate_loaded(model, tokenizer, parsed, dev, **options)
+    except EvalError as e:
+        raise EvalError(f"{model_dir}: {e}") from None
+
+
 def evaluate(
     model_dir: str | os.PathLike,
     data: str | os.PathLike | Iterable[str | os.PathLike],
@@ -402,10 +411,7 @@ def evaluate(
 ) -> dict[str, dict]:
     """Evaluate one model dir on one or several JSONL files -> ``{stem: {accuracy, perplexity, n, ...}}``."""
     parsed = _load_data(_as_paths(data))
-    model, tokenizer, dev = load_model(model_dir, device)
-    return evaluate_loaded(
-        model, tokenizer, parsed, dev, batch_size=batch_size, max_new_tokens=max_new_tokens
-    )
+    return _evaluate_dir(model_dir, parsed, device, batch_size=batch_size, max_new_tokens=max_new_tokens)
 
 
 def evaluate_models(
@@ -423,11 +429,7 @@ def evaluate_models(
         raise EvalError("no model directories given")
     results: dict[str, dict[str, dict]] = {}
     for d in dirs:
-        model, tokenizer, dev = load_model(d, device)
-        results[d] = evaluate_loaded(
-            model, tokenizer, parsed, dev, batch_size=batch_size, max_new_tokens=max_new_tokens
-        )
-        del model
+        results[d] = _evaluate_dir(d, parsed, device, batch_size=batch_size, max_new_tokens=max_new_tokens)
     return results
 
 

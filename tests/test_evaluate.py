@@ -318,3 +318,15 @@ def test_results_do_not_depend_on_batch_size(model_dirs, data, batch_size):
     model, tok = _load(model_dirs[0])
     assert res["qa"]["accuracy"] == data["expected_acc"]
     assert res["text"]["perplexity"] == pytest.approx(reference_ppl(model, tok, TEXTS), rel=1e-4)
+
+
+def test_an_eval_error_names_the_model(model_dirs, data):
+    def refuses(model, tokenizer, records, device):
+        raise EvalError("out of memory on a single row (test)")
+
+    ev.register_evaluator("refuses", refuses)
+    try:
+        with pytest.raises(EvalError, match=r"^.*m1: out of memory on a single row"):
+            ev.evaluate_models([model_dirs[1]], [data["text"]], "cpu")
+    finally:
+        ev.unregister_evaluator("refuses")
