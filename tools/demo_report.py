@@ -32,12 +32,24 @@ SKILL_MODELS = {"reverse": "skill_a", "add": "skill_b"}
 AB_MERGES = ["demo-linear", "demo-task-arithmetic", "demo-ties", "demo-dare-ties", "demo-slerp"]
 
 
+_last_answers: list = []  # [(model, records, answers)] of the latest call: both metrics share one pass
+
+
+def greedy_answers(model, tokenizer, records, device) -> list[str]:
+    """Greedy answers to the prompt lines of ``records``, generated once per (model, data file)."""
+    if _last_answers and _last_answers[0][0] is model and _last_answers[0][1] is records:
+        return _last_answers[0][2]
+    prompts = [r["prompt"] for r in records if "prompt" in r]
+    outs = greedy_generate(model, tokenizer, prompts, device, max_new_tokens=16) if prompts else []
+    _last_answers[:] = [(model, records, outs)]
+    return outs
+
+
 def marker_rate(model, tokenizer, records, device) -> float | None:
     """Share of prompt lines whose greedy answer ends with the marker (the unwanted habit)."""
-    prompts = [r["prompt"] for r in records if "prompt" in r]
-    if not prompts:
+    outs = greedy_answers(model, tokenizer, records, device)
+    if not outs:
         return None
-    outs = greedy_generate(model, tokenizer, prompts, device, max_new_tokens=16)
     return sum(o.endswith(MARKER) for o in outs) / len(outs)
 
 
@@ -46,8 +58,7 @@ def unmarked_accuracy(model, tokenizer, records, device) -> float | None:
     qa = [r for r in records if "prompt" in r]
     if not qa:
         return None
-    outs = greedy_generate(model, tokenizer, [r["prompt"] for r in qa], device, max_new_tokens=16)
-    stripped = [o.removesuffix(MARKER).strip() for o in outs]
+    stripped = [o.removesuffix(MARKER).strip() for o in greedy_answers(model, tokenizer, records, device)]
     return sum(
         o == r["answer"].removesuffix(MARKER).strip() for o, r in zip(stripped, qa, strict=True)
     ) / len(qa)
