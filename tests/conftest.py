@@ -32,6 +32,14 @@ def save_model(model, path: Path, shard_size: str = "12KB") -> Path:
     return path
 
 
+def write_config(path: Path, data: dict) -> Path:
+    """Write a merge config as YAML (key order kept, as a user would write it)."""
+    import yaml
+
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
 def finetune_of(base, seed: int, scale: float = 0.02):
     """A model that shares ``base`` and moved a little from it, as a finetune does."""
     import copy

@@ -20,7 +20,14 @@ import yaml
 from safetensors import safe_open
 
 from tests import reference as ref
-from tests.conftest import assert_clean_failure, finetune_of, run_cli, save_model, tiny_llama_config
+from tests.conftest import (
+    assert_clean_failure,
+    finetune_of,
+    run_cli,
+    save_model,
+    tiny_llama_config,
+    write_config,
+)
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKENS = torch.tensor([[1, 5, 9, 17, 33, 2, 40, 41, 7, 3, 60, 11]])
@@ -28,11 +35,6 @@ TOKENS = torch.tensor([[1, 5, 9, 17, 33, 2, 40, 41, 7, 3, 60, 11]])
 
 # ---------------------------------------------------------------------------------------------------
 # helpers
-
-
-def write_config(path: Path, data: dict) -> Path:
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
 
 
 def output_tensors(directory: Path) -> dict[str, torch.Tensor]:

@@ -14,13 +14,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-import yaml
 from safetensors.torch import load_file, save_file
 
 from mergebench import __version__
 from mergebench.methods.sparsify import keep_mask
 from tests import reference as ref
-from tests.conftest import assert_clean_failure, run_cli, save_model, tiny_llama_config
+from tests.conftest import assert_clean_failure, run_cli, save_model, tiny_llama_config, write_config
 
 INPUT_IDS = torch.tensor([[1, 5, 9, 17, 33, 2, 64, 80]])
 
@@ -59,14 +58,8 @@ def gradient(points, name):
     return float(np.interp(position(name), np.linspace(0, 1, len(points)), points))
 
 
-def write_config(tmp_path: Path, data: dict) -> Path:
-    path = tmp_path / "merge.yaml"
-    path.write_text(yaml.safe_dump(data, sort_keys=False))
-    return path
-
-
 def merge(tmp_path: Path, data: dict, *extra: str, out_name: str = "out") -> Path:
-    config = write_config(tmp_path, data)
+    config = write_config(tmp_path / "merge.yaml", data)
     out = tmp_path / out_name
     result = run_cli("merge", config, out, "--no-progress", "--max-shard-size", "20KB", *extra)
     assert result.exit_code == 0, result.output
@@ -251,7 +244,9 @@ def ta_config(base: Path, *models: Path, **extra) -> dict:
 
 
 def fails(tmp_path: Path, config: dict, *fragments: str, extra=()) -> str:
-    result = run_cli("merge", write_config(tmp_path, config), tmp_path / "out", "--no-progress", *extra)
+    result = run_cli(
+        "merge", write_config(tmp_path / "merge.yaml", config), tmp_path / "out", "--no-progress", *extra
+    )
     line = assert_clean_failure(result, *fragments)
     assert_nothing_written(tmp_path)
     return line
@@ -328,7 +323,7 @@ def test_pickled_weights_need_explicit_permission(llama_family, tmp_path):
 
 
 def test_output_that_exists_or_overlaps_an_input_is_refused(llama_family, tmp_path):
-    config = write_config(tmp_path, ta_config(llama_family.base, llama_family.ft1))
+    config = write_config(tmp_path / "merge.yaml", ta_config(llama_family.base, llama_family.ft1))
     taken = tmp_path / "taken"
     taken.mkdir()
     (taken / "keep.txt").write_text("precious")
@@ -349,11 +344,13 @@ def test_validate_reports_every_problem_without_reading_data(llama_family, tmp_p
     broken = copy_model(llama_family.ft1, tmp_path / "ft1")
     drop_tensor(broken, "model.layers.0.self_attn.q_proj.weight")
     drop_tensor(broken, "model.norm.weight")
-    result = run_cli("validate", write_config(tmp_path, ta_config(llama_family.base, broken)))
+    result = run_cli("validate", write_config(tmp_path / "merge.yaml", ta_config(llama_family.base, broken)))
     assert result.exit_code != 0
     errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
     assert len(errors) == 2 and "q_proj" in errors[0] and "model.norm.weight" in errors[1]
-    ok = run_cli("validate", write_config(tmp_path, ta_config(llama_family.base, llama_family.ft1)))
+    ok = run_cli(
+        "validate", write_config(tmp_path / "merge.yaml", ta_config(llama_family.base, llama_family.ft1))
+    )
     assert ok.exit_code == 0 and ok.output.startswith("ok: 30 output tensors")
 
 
@@ -364,7 +361,9 @@ def test_hub_id_resolves_from_local_cache_offline(llama_family, tmp_path):
     shutil.copytree(llama_family.base, snapshot)
     (repo / "refs").mkdir()
     (repo / "refs" / "main").write_text(snapshot.name)
-    config = write_config(tmp_path, ta_config("acme/tiny-base", llama_family.ft1, dtype="float32"))
+    config = write_config(
+        tmp_path / "merge.yaml", ta_config("acme/tiny-base", llama_family.ft1, dtype="float32")
+    )
     env = {"HF_HUB_CACHE": str(tmp_path / "hub"), "HF_HUB_OFFLINE": "1", "PATH": "/usr/bin:/bin"}
     command = [
         sys.executable,
@@ -383,7 +382,7 @@ def test_hub_id_resolves_from_local_cache_offline(llama_family, tmp_path):
         b["model.norm.weight"] + 0.5 * (f1["model.norm.weight"] - b["model.norm.weight"]),
         atol=1e-6,
     )
-    missing = write_config(tmp_path, ta_config("acme/not-cached", llama_family.ft1))
+    missing = write_config(tmp_path / "merge.yaml", ta_config("acme/not-cached", llama_family.ft1))
     done = subprocess.run(
         command[:4] + [str(missing), str(tmp_path / "out2"), "--no-progress"],
         env=env,
