@@ -10,7 +10,6 @@ Python hooks for quick evaluation (transformers is imported only when they run):
 from __future__ import annotations
 
 from mergebench.quickeval import evaluate, evaluate_models, format_table, register_evaluator
-
-__version__ = "0.1.0"
+from mergebench.version import __version__
 
 __all__ = ["__version__", "evaluate", "evaluate_models", "format_table", "register_evaluator"]

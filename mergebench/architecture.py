@@ -24,6 +24,14 @@ from mergebench.errors import PlanError
 LAYER_PATTERN = re.compile(r"(?:^|\.)(?:layers|h|layer|blocks|block)\.(\d+)\.")
 LAYER_COUNT_KEYS = ("num_hidden_layers", "n_layer", "num_layers", "n_layers")
 
+# Module-path prefixes that model classes wrap around the base model: PEFT names modules from the class
+# it trained (``transformer.h.0…``) while a checkpoint may store them without it (``h.0…``), or with another.
+WRAPPER_PREFIXES = ("model", "transformer", "base_model", "language_model", "model.language_model")
+# Tensors whose first dimension is the vocabulary (embeddings and output heads), across families.
+VOCAB_TENSOR = re.compile(r"embed|lm_head|wte|word_embeddings|output\.weight")
+# Embedding modules as PEFT names them, when the model class cannot be instantiated to ask.
+EMBEDDING_MODULE = re.compile(r"(^|\.)(embed[^.]*|wte|wpe|word_embeddings)$")
+
 # config.json lists with one entry per layer (transformers names): sliced along with the layers.
 PER_LAYER_KEYS = ("layer_types", "mlp_layer_types", "no_rope_layers", "layers_block_type")
 

@@ -1,19 +1,66 @@
-"""Command line: ``mergebench merge | validate | inspect | lora … | eval``."""
+"""Command line: ``mergebench merge | validate | inspect | eval | lora …``.
+
+The top-level group is the one place where errors become messages and exit codes, for every
+subcommand: a ``MergebenchError`` prints one ``error: …`` line per line of its message and exits with
+its class's code (see ``errors``); Ctrl-C and SIGTERM exit 130 after the command's cleanup ran.
+"""
 
 from __future__ import annotations
 
+import signal
+import sys
 from pathlib import Path
 
 import click
 
-from mergebench import __version__
-from mergebench.cli_support import check_device, friendly_errors
+from mergebench.errors import ConfigError, MergebenchError
+from mergebench.eval_cli import eval_command, evaluate_and_print
+from mergebench.lora.cli import lora_group
+from mergebench.version import __version__
+
+INTERRUPTED_EXIT_CODE = 130
 
 
-@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+class CommandGroup(click.Group):
+    """Runs a subcommand and turns user errors into one-line messages and exit codes, never a traceback."""
+
+    def invoke(self, ctx: click.Context):
+        # A terminated command unwinds like Ctrl-C, so its temporary output is removed.
+        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        try:
+            return super().invoke(ctx)
+        except MergebenchError as exc:
+            for line in str(exc).splitlines() or [type(exc).__name__]:
+                click.echo(f"error: {line}", err=True)
+            sys.exit(exc.exit_code)
+        except KeyboardInterrupt:
+            click.echo("error: interrupted; nothing was written", err=True)
+            sys.exit(INTERRUPTED_EXIT_CODE)
+        finally:
+            signal.signal(signal.SIGTERM, previous)
+
+
+def _raise_interrupt(signum, frame) -> None:
+    raise KeyboardInterrupt
+
+
+def check_device(device: str) -> str:
+    if device == "cuda":
+        import torch
+
+        if not torch.cuda.is_available():
+            raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
+    return device
+
+
+@click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mergebench")
 def main() -> None:
     """Merge LLM finetunes and LoRA adapters, streaming one tensor at a time."""
+
+
+main.add_command(eval_command)
+main.add_command(lora_group)
 
 
 @main.command()
@@ -43,7 +90,6 @@ def main() -> None:
     help="After merging, quick-evaluate the output and its inputs on this JSONL file (repeatable).",
 )
 @click.option("--eval-device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
-@friendly_errors
 def merge(
     config_path,
     out,
@@ -72,28 +118,26 @@ def merge(
     result = run_merge(config, text, out, options)
     click.echo(f"merged model written to {result}")
     if eval_files:
-        from mergebench.eval_cli import evaluate_and_print
+        from mergebench.sources import is_plain_model
 
-        models = [spec for spec in config.model_specs() if "+" not in spec] + [str(result)]
+        models = [spec for spec in config.model_specs() if is_plain_model(spec)] + [str(result)]
         evaluate_and_print(models, [str(f) for f in eval_files], eval_device)
 
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights.")
-@friendly_errors
 def validate(config_path, allow_pickle):
     """Check CONFIG against the models' headers only: every problem is reported in seconds."""
     from mergebench.config import load_config
-    from mergebench.merge import plan_merge
+    from mergebench.io.writer import human_bytes
+    from mergebench.plan import Merge, plan_merge
 
     config, _ = load_config(config_path)
     plan = plan_merge(config, allow_pickle=allow_pickle)
-    from mergebench.io.writer import human_bytes
-
-    merged = sum(1 for job in plan.jobs if job.method is not None)
+    merged = sum(1 for op in plan.ops if isinstance(op, Merge))
     click.echo(
-        f"ok: {len(plan.jobs)} output tensors ({merged} merged, {len(plan.jobs) - merged} copied), "
+        f"ok: {len(plan.ops)} output tensors ({merged} merged, {len(plan.ops) - merged} copied), "
         f"{human_bytes(plan.output_bytes)} to write from {human_bytes(plan.input_bytes)} of inputs"
     )
 
@@ -102,17 +146,17 @@ def validate(config_path, allow_pickle):
 @click.argument("model")
 @click.option("--allow-pickle", is_flag=True)
 @click.option("--tensors", "show_tensors", is_flag=True, help="List every tensor.")
-@friendly_errors
 def inspect(model, allow_pickle, show_tensors):
     """Summarise a model directory or hub id from its headers: tensors, parameters, dtypes, layers."""
     from collections import Counter
 
     from mergebench.architecture import layer_count
-    from mergebench.io.checkpoint import open_checkpoint
+    from mergebench.dtypes import dtype_name
+    from mergebench.sources import open_checkpoint
 
     checkpoint = open_checkpoint(model, allow_pickle=allow_pickle)
     infos = checkpoint.tensors.values()
-    dtypes = Counter(str(info.dtype).removeprefix("torch.") for info in infos)
+    dtypes = Counter(dtype_name(info.dtype) for info in infos)
     params = sum(info.numel for info in infos)
     arch = ",".join((checkpoint.config or {}).get("architectures", []) or ["unknown"])
     click.echo(
@@ -124,19 +168,8 @@ def inspect(model, allow_pickle, show_tensors):
     click.echo("  dtypes: " + ", ".join(f"{name} ×{count}" for name, count in sorted(dtypes.items())))
     if show_tensors:
         for info in infos:
-            click.echo(f"  {info.name}  {list(info.shape)}  {str(info.dtype).removeprefix('torch.')}")
+            click.echo(f"  {info.name}  {list(info.shape)}  {dtype_name(info.dtype)}")
 
-
-def _register_subcommands() -> None:
-    """Subcommand groups that live beside the code they drive."""
-    from mergebench.eval_cli import eval_command
-    from mergebench.lora.cli import lora_group
-
-    main.add_command(eval_command)
-    main.add_command(lora_group)
-
-
-_register_subcommands()
 
 if __name__ == "__main__":  # pragma: no cover
     main()

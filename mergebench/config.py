@@ -10,28 +10,21 @@ Parameter values take three forms, as mergekit users write them:
 
 from __future__ import annotations
 
+import difflib
+from collections.abc import Iterator
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-import torch
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from mergebench.dtypes import NAMES as DTYPE_NAMES
+from mergebench.dtypes import torch_dtype
 from mergebench.errors import ConfigError
-from mergebench.methods.registry import MergeMethod, get_method
+from mergebench.methods.registry import MergeMethod, Scalar, get_method
 
-DTYPE_NAMES: dict[str, torch.dtype] = {
-    "float32": torch.float32,
-    "fp32": torch.float32,
-    "float16": torch.float16,
-    "fp16": torch.float16,
-    "half": torch.float16,
-    "bfloat16": torch.bfloat16,
-    "bf16": torch.bfloat16,
-    "float64": torch.float64,
-}
-
-Scalar = float | int | bool
+if TYPE_CHECKING:
+    import torch
 
 
 class _Strict(BaseModel):
@@ -106,12 +99,12 @@ class MergeConfig(_Strict):
 
     @property
     def compute_dtype(self) -> torch.dtype | None:
-        return DTYPE_NAMES[self.dtype] if self.dtype else None
+        return torch_dtype(self.dtype) if self.dtype else None
 
     @property
     def output_dtype(self) -> torch.dtype | None:
         name = self.out_dtype or self.dtype
-        return DTYPE_NAMES[name] if name else None
+        return torch_dtype(name) if name else None
 
     def model_specs(self) -> list[str]:
         """Every distinct model string the config names, base model first."""
@@ -123,6 +116,18 @@ class MergeConfig(_Strict):
         if self.non_layer_source is not None:
             names.extend(m for m in (self.non_layer_source.before, self.non_layer_source.after) if m)
         return list(dict.fromkeys(names))
+
+    def non_layer_models(self) -> tuple[str | None, str | None]:
+        """The explicit (before, after) non-layer source models of a slices config, None where unset."""
+        value = self.non_layer_source
+        return (value.before, value.after) if value is not None else (None, None)
+
+
+def base_index(config: MergeConfig, slice_: SliceEntry) -> int | None:
+    """Which source of a slice is the base model's, when the method uses one (else None)."""
+    if config.base_model is None or not config.method.uses_base(True):
+        return None
+    return next((j for j, source in enumerate(slice_.sources) if source.model == config.base_model), None)
 
 
 def load_config(path: str | Path) -> tuple[MergeConfig, str]:
@@ -143,21 +148,34 @@ def load_config(path: str | Path) -> tuple[MergeConfig, str]:
 
 
 def parse_config(data: object, source: str = "config") -> MergeConfig:
-    """Validate a config mapping: schema, then method-specific parameter names, types and ranges."""
+    """Validate a config mapping: schema, then everything about the method's models and parameters that
+    needs no model files. Every problem is reported (one line each, prefixed with ``source``)."""
     if not isinstance(data, dict):
         raise ConfigError(f"{source}: expected a mapping of keys (merge_method, models, …)")
     try:
         config = MergeConfig.model_validate(data)
     except ValidationError as exc:
-        errors = exc.errors()
-        # A typo shows up as an unknown key *and* a missing one: name the typo.
-        error = next((e for e in errors if e["type"] == "extra_forbidden"), errors[0])
-        raise ConfigError(f"{source}: {_location(error['loc'])}: {_message(error)}") from None
-    try:
-        validate_against_method(config)
-    except ConfigError as exc:
-        raise ConfigError(f"{source}: {exc}") from None
+        problems = _schema_problems(exc.errors())
+    else:
+        problems = list(_method_problems(config))
+    if problems:
+        raise ConfigError("\n".join(f"{source}: {line}" for line in problems))
     return config
+
+
+def _schema_problems(errors: list) -> list[str]:
+    """One line per schema error. A typo shows up as an unknown key *and* a missing one: name the typo."""
+    typo_parents = {e["loc"][:-1] for e in errors if e["type"] == "extra_forbidden"}
+    lines = []
+    for error in errors:
+        if error["type"] == "missing" and error["loc"][:-1] in typo_parents:
+            continue
+        line = f"{_location(error['loc'])}: {_message(error)}"
+        if error["type"] == "extra_forbidden" and len(error["loc"]) == 1:
+            close = difflib.get_close_matches(str(error["loc"][0]), list(MergeConfig.model_fields), n=1)
+            line += f" (did you mean {close[0]!r}?)" if close else ""
+        lines.append(line)
+    return lines
 
 
 def _location(loc: tuple) -> str:
@@ -175,83 +193,149 @@ def _message(error: dict) -> str:
     return error["msg"].removeprefix("Value error, ")
 
 
-def validate_against_method(config: MergeConfig) -> None:
-    """Check everything about parameters that needs no model files: names, types, ranges, arity."""
-    method = config.method
+END_EXCLUSIVE = "ranges are end-exclusive: [0, 4] means layers 0, 1, 2, 3"
+
+
+def _method_problems(config: MergeConfig) -> Iterator[str]:
+    """Names, types and ranges of parameters, model counts and slice shapes: all that needs no files."""
+    try:
+        method = config.method
+    except ConfigError as exc:
+        yield str(exc)
+        return
     if (config.models is None) == (config.slices is None):
-        raise ConfigError("give exactly one of 'models' and 'slices'")
+        yield "give exactly one of 'models' and 'slices'"
+        return
     if config.non_layer_source is not None and config.slices is None:
-        raise ConfigError("non_layer_source: only applies to 'slices' configs")
+        yield "non_layer_source: only applies to 'slices' configs"
     if method.base == "required" and not config.base_model:
-        raise ConfigError(f"base_model: required by merge_method {method.name!r}")
-    _check_params(method, config.parameters, "parameters", model_level=False)
+        yield f"base_model: required by merge_method {method.name!r}"
+    yield from _param_problems(method, config.parameters, "parameters", model_level=False)
     for i, entry in enumerate(config.models or []):
-        _check_params(method, entry.parameters, f"models[{i}].parameters", model_level=True)
-    for i, slice_ in enumerate(config.slices or []):
-        _check_params(method, slice_.parameters, f"slices[{i}].parameters", model_level=False)
-        for j, source in enumerate(slice_.sources):
-            where = f"slices[{i}].sources[{j}]"
-            _check_params(method, source.parameters, f"{where}.parameters", model_level=True)
-            start, end = source.layer_range
-            if start < 0 or end <= start:
-                raise ConfigError(
-                    f"{where}.layer_range: [{start}, {end}] is empty or reversed "
-                    "(ranges are end-exclusive: [0, 4] means layers 0, 1, 2, 3)"
-                )
+        yield from _param_problems(method, entry.parameters, f"models[{i}].parameters", model_level=True)
     if config.models is not None:
-        _check_model_count(method, config)
-        _check_required(method, config)
-    else:
-        from mergebench.slices import check_slices_config
+        yield from _models_problems(method, config)
+    for i, slice_ in enumerate(config.slices or []):
+        yield from _slice_problems(method, config, i, slice_)
+    if config.non_layer_source is not None and config.non_layer_models() == (None, None):
+        yield "non_layer_source: give a model, or 'before' and/or 'after' with a model each"
 
-        check_slices_config(config)
 
-
-def _check_model_count(method: MergeMethod, config: MergeConfig) -> None:
+def _models_problems(method: MergeMethod, config: MergeConfig) -> Iterator[str]:
+    """Model count and required parameters of a ``models:`` config."""
     listed = [entry.model for entry in config.models or []]
     if not listed:
-        raise ConfigError("models: at least one model is required")
-    others = [m for m in dict.fromkeys(listed) if m != config.base_model or method.base == "unused"]
-    expected = method.models_other_than_base
-    if expected is not None and method.base == "unused" and len(others) != expected:
-        raise ConfigError(
-            f"models: merge_method {method.name!r} takes exactly {expected} model(s), got {len(others)}"
-            + (" (to stack layers of several models, use 'slices')" if method.name == "passthrough" else "")
-        )
-    if expected is not None and len(others) != expected:
-        total = expected + 1
-        raise ConfigError(
-            f"models: merge_method {method.name!r} needs exactly {total} models (base_model and "
-            f"{expected} other), got {len(others) + 1}"
-        )
+        yield "models: at least one model is required"
+        return
+    uses_base = method.uses_base(config.base_model is not None)
+    others = [m for m in dict.fromkeys(listed) if not (uses_base and m == config.base_model)]
+    expected = method.model_count
+    base_missing = method.base == "required" and not config.base_model  # reported once, above
+    if expected is not None and len(others) != expected and not base_missing:
+        if uses_base:
+            yield (
+                f"models: merge_method {method.name!r} needs exactly {expected + 1} models (base_model and "
+                f"{expected} other), got {len(others) + 1}"
+            )
+        else:
+            hint = " (to stack layers of several models, use 'slices')" if expected == 1 else ""
+            yield f"models: merge_method {method.name!r} takes exactly {expected} model(s), got {len(others)}{hint}"
     if method.base == "required" and not others:
-        raise ConfigError(f"models: merge_method {method.name!r} needs a model other than base_model")
+        yield f"models: merge_method {method.name!r} needs a model other than base_model"
+    models = [
+        (f"models[{i}]", entry.parameters)
+        for i, entry in enumerate(config.models or [])
+        if not (uses_base and entry.model == config.base_model)
+    ]
+    yield from _required_problems(method, [config.parameters], "parameters", models)
 
 
-def _check_required(method: MergeMethod, config: MergeConfig) -> None:
-    """Every required parameter must be set somewhere for every model that uses it."""
+def _slice_problems(method: MergeMethod, config: MergeConfig, i: int, slice_: SliceEntry) -> Iterator[str]:
+    """Parameters, layer ranges, source count and required parameters of one slice."""
+    where = f"slices[{i}]"
+    yield from _param_problems(method, slice_.parameters, f"{where}.parameters", model_level=False)
+    lengths = []
+    for j, source in enumerate(slice_.sources):
+        yield from _param_problems(
+            method, source.parameters, f"{where}.sources[{j}].parameters", model_level=True
+        )
+        start, end = source.layer_range
+        if start < 0 or end <= start:
+            yield (
+                f"{where}.sources[{j}].layer_range: [{start}, {end}] is empty or reversed ({END_EXCLUSIVE})"
+            )
+        else:
+            lengths.append((j, end - start))
+    if lengths and lengths[0][0] == 0:
+        for j, length in lengths[1:]:
+            if length != lengths[0][1]:
+                start, end = slice_.sources[j].layer_range
+                yield (
+                    f"{where}.sources[{j}].layer_range: [{start}, {end}] spans {length} layers but "
+                    f"{where}.sources[0] spans {lengths[0][1]}; all sources of a slice must span the "
+                    f"same number of layers ({END_EXCLUSIVE})"
+                )
+    base = base_index(config, slice_)
+    if method.base == "required" and base is None:
+        yield (
+            f"{where}.sources: merge_method {method.name!r} needs base_model "
+            f"{config.base_model!r} among each slice's sources"
+        )
+        return
+    others = len(slice_.sources) - (1 if base is not None else 0)
+    expected = method.model_count
+    if expected is not None and others != expected:
+        if base is None:
+            yield (
+                f"{where}.sources: merge_method {method.name!r} takes exactly {expected} source per "
+                f"slice, got {len(slice_.sources)}"
+            )
+        else:
+            yield (
+                f"{where}.sources: merge_method {method.name!r} needs base_model and exactly {expected} "
+                f"other source per slice, got {others} other"
+            )
+    if method.base == "required" and others == 0:
+        yield f"{where}.sources: merge_method {method.name!r} needs a source other than base_model"
+    models = [(f"{where}.sources[{j}]", s.parameters) for j, s in enumerate(slice_.sources) if j != base]
+    yield from _required_problems(
+        method, [config.parameters, slice_.parameters], f"{where}.parameters", models
+    )
+
+
+def _required_problems(
+    method: MergeMethod, levels: list[dict], where: str, models: list[tuple[str, dict]]
+) -> Iterator[str]:
+    """Every required parameter must be set somewhere for every model that uses it: in one of the
+    tensor-level ``levels`` (reported at ``where``), else in each model's own parameters."""
     for param in method.params:
-        if param.default is not None or param.name in config.parameters:
+        if param.default is not None or any(param.name in level for level in levels):
             continue
         if not param.per_model:
-            raise ConfigError(f"parameters.{param.name}: required by merge_method {method.name!r}")
-        for i, entry in enumerate(config.models or []):
-            if entry.model == config.base_model and method.base == "required":
-                continue
-            if param.name not in entry.parameters:
-                raise ConfigError(f"models[{i}].parameters.{param.name}: required by {method.name!r}")
+            yield f"{where}.{param.name}: required by merge_method {method.name!r}"
+            continue
+        for model_where, parameters in models:
+            if param.name not in parameters:
+                yield f"{model_where}.parameters.{param.name}: required by {method.name!r}"
 
 
-def _check_params(method: MergeMethod, params: dict[str, Any], where: str, *, model_level: bool) -> None:
+def _param_problems(
+    method: MergeMethod, params: dict[str, Any], where: str, *, model_level: bool
+) -> Iterator[str]:
     for name, value in params.items():
         param = method.param(name)
         if param is None:
             known = ", ".join(p.name for p in method.params) or "none"
-            raise ConfigError(f"{where}.{name}: unknown parameter for {method.name!r} (known: {known})")
+            yield f"{where}.{name}: unknown parameter for {method.name!r} (known: {known})"
+            continue
         if model_level and not param.per_model:
-            raise ConfigError(f"{where}.{name}: not a per-model parameter; set it under 'parameters'")
-        for scalar, path in _scalars(value, f"{where}.{name}"):
-            param.check(scalar, path)
+            yield f"{where}.{name}: not a per-model parameter; set it under 'parameters'"
+            continue
+        try:
+            for scalar, path in _scalars(value, f"{where}.{name}"):
+                param.check(scalar, path)
+        except ConfigError as exc:
+            yield str(exc)
 
 
 def _scalars(value: object, where: str):

@@ -59,6 +59,7 @@ def evaluate_and_print(models, data_files, device, **options) -> dict:
     """Evaluate, print the table and a line saying where it ran and how long it took; return results."""
     import time
 
+    from mergebench.dtypes import dtype_name
     from mergebench.quickeval import evaluate_models, format_table, resolve_device
 
     torch_device, dtype = resolve_device(device)
@@ -68,26 +69,7 @@ def evaluate_and_print(models, data_files, device, **options) -> dict:
     click.echo(format_table(results))
     click.echo(
         f"evaluated {len(results)} model(s) x {len(data_files)} file(s) on {torch_device.type} "
-        f"({str(dtype).removeprefix('torch.')}) in {seconds:.1f} s",
+        f"({dtype_name(dtype)}) in {seconds:.1f} s",
         err=True,
     )
     return results
-
-
-def main() -> None:  # pragma: no cover - standalone use before cli.py wires the command
-    from mergebench.errors import MergebenchError
-
-    try:
-        eval_command.main(standalone_mode=False)
-    except MergebenchError as e:
-        click.echo(f"error: {e}", err=True)
-        raise SystemExit(e.exit_code) from None
-    except click.exceptions.ClickException as e:
-        e.show()
-        raise SystemExit(e.exit_code) from None
-    except click.exceptions.Abort:
-        raise SystemExit(1) from None
-
-
-if __name__ == "__main__":  # pragma: no cover
-    main()

@@ -11,16 +11,16 @@ import os
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
 from mergebench.io.writer import ShardedWriter
-from mergebench.plan import MergeJob, MergePlan
-
-JobRunner = Callable[[MergeJob, list[torch.Tensor], str, "BufferPool"], torch.Tensor]
+from mergebench.methods.registry import Piece
+from mergebench.plan import Copy, Op, op_input_bytes, op_refs
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
@@ -32,66 +32,97 @@ def arithmetic_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
 
 
-def method_kwargs(job: MergeJob) -> dict[str, object]:
-    """The job's resolved parameters as the method function's keyword arguments."""
-    assert job.method is not None
-    kwargs: dict[str, object] = {}
-    for param in job.method.params:
-        kwargs[param.python_name] = (
-            list(job.model_params[param.name]) if param.per_model else job.global_params[param.name]
-        )
-    if job.method.randomized:
-        kwargs["key"] = (job.seed, job.output.name)
-    return kwargs
+class _ChunkInputs:
+    """``TensorInputs`` over raw stored tensors: slices converted to the compute precision on demand."""
+
+    def __init__(
+        self,
+        models: list[torch.Tensor],
+        base: torch.Tensor | None,
+        convert: Callable[[torch.Tensor], torch.Tensor],
+        workspace: Callable[[], torch.Tensor],
+    ) -> None:
+        self._models = [t.reshape(-1) for t in models]
+        self._base = base.reshape(-1) if base is not None else None
+        self.numel = (self._base if self._base is not None else self._models[0]).numel()
+        self.count = len(models)
+        self._convert = convert
+        self.workspace = workspace
+
+    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
+        return self._convert(self._models[index][start:stop])
+
+    def base(self, start: int, stop: int) -> torch.Tensor:
+        assert self._base is not None, "this method has no base input"
+        return self._convert(self._base[start:stop])
 
 
-def run_job(
-    job: MergeJob,
+def run_op(
+    op: Op,
     tensors: list[torch.Tensor],
     device: torch.device | str = "cpu",
     buffers: BufferPool | None = None,
     *,
     chunked: bool | None = None,
 ) -> torch.Tensor:
-    """Compute one output tensor from its inputs (ordered as ``job.inputs``); returns it on the CPU.
+    """Compute one output tensor from the stored tensors it reads (``op_refs(op)`` order); returns it on
+    the CPU.
 
     ``buffers`` lends recycled memory for the output and for whole-tensor scratch space.
     ``chunked`` (default: elementwise methods on the CPU) streams the math through small chunks;
     otherwise whole tensors go to ``device`` at once, which is what a GPU wants.
     """
     buffers = buffers or BufferPool(idle_limit=0)
-    method = job.method
-    if method is None:
-        return tensors[0].to(job.output.dtype)
-    arith = arithmetic_dtype(job.compute_dtype)
+    values = []
+    for item in op.inputs:
+        count = len(item.refs)
+        values.append(item.build(tensors[:count]))
+        tensors = tensors[count:]
+    if isinstance(op, Copy):
+        return values[0].to(op.output.dtype)
+    method = op.method
+    arith = arithmetic_dtype(op.compute_dtype)
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
-        if job.compute_dtype is not None:
-            tensor = tensor.to(job.compute_dtype)  # inputs are rounded to the compute dtype, as configured
+        if op.compute_dtype is not None:
+            tensor = tensor.to(op.compute_dtype)  # inputs are rounded to the compute dtype, as configured
         return tensor.to(device=device, dtype=arith)
 
-    kwargs = method_kwargs(job)
-    split = 1 if job.base is not None else 0
+    base, models = (values[0], values[1:]) if op.base is not None else (None, values)
     if chunked is None:
         chunked = method.elementwise and torch.device(device).type == "cpu"
     if not chunked:
-        prepared = [convert(t) for t in tensors]
-        base = prepared[0] if split else None
-        return method.function(prepared[split:], base, **kwargs).to(dtype=job.output.dtype).cpu()
-    if method.prepare is not None:
-        kwargs.update(
-            method.prepare(tensors[split:], tensors[0] if split else None, convert, buffers, **kwargs)
-        )
-    flats = [t.reshape(-1) for t in tensors]
-    nbytes = job.output.nbytes
-    flat_out = (
-        buffers.take(nbytes).view(job.output.dtype) if nbytes else torch.empty(0, dtype=job.output.dtype)
-    )
-    out = flat_out.reshape(job.output.shape)
+        models = [convert(t) for t in models]
+        base = convert(base) if base is not None else None
+    workspace: list[torch.Tensor] = []
+
+    def lend_workspace() -> torch.Tensor:
+        reference = base if base is not None else models[0]
+        if not chunked:
+            return torch.empty(reference.numel(), dtype=arith, device=device)
+        workspace.append(buffers.take(reference.numel() * arith.itemsize))
+        return workspace[-1].view(arith)
+
+    stats = None
+    if method.stats is not None:
+        inputs = _ChunkInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
+        stats = method.stats(inputs, **method.keywords(op.params))
+    for buffer in workspace:
+        buffers.give(buffer)
+    piece = Piece(op.output.name, op.seed, 0, stats)
+    if not chunked:
+        return method.apply(models, base, op.params, piece).to(dtype=op.output.dtype).cpu()
+    flats = [t.reshape(-1) for t in ([base] if base is not None else []) + models]
+    nbytes = op.output.nbytes
+    flat_out = buffers.take(nbytes).view(op.output.dtype) if nbytes else torch.empty(0, dtype=op.output.dtype)
+    out = flat_out.reshape(op.output.shape)
+    split = 1 if base is not None else 0
     for start in range(0, flat_out.numel(), CHUNK):
         chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
-        base = chunks[0] if split else None
-        flat_out[start : start + CHUNK] = method.function(chunks[split:], base, offset=start, **kwargs)
+        part = method.apply(
+            chunks[split:], chunks[0] if split else None, op.params, replace(piece, offset=start)
+        )
+        flat_out[start : start + CHUNK] = part
     return out
 
 
@@ -139,8 +170,8 @@ class BufferPool:
                 self._idle_bytes -= old.numel()
 
 
-def read_inputs(job: MergeJob, pool: BufferPool) -> list[torch.Tensor]:
-    return [ref.read(pool.take(ref.nbytes)) for ref in job.inputs]
+def read_inputs(op: Op, pool: BufferPool) -> list[torch.Tensor]:
+    return [ref.read(pool.take(ref.nbytes)) for ref in op_refs(op)]
 
 
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -153,7 +184,7 @@ def default_workers(device: str) -> int:
 
 
 def execute_plan(
-    plan: MergePlan,
+    ops: Sequence[Op],
     writer: ShardedWriter,
     *,
     device: str = "cpu",
@@ -161,18 +192,16 @@ def execute_plan(
     readahead: int = 2,
     readahead_bytes: int = 384 << 20,
     workers: int | None = None,
-    job_runner: JobRunner = run_job,
 ) -> None:
-    """Merge every job into ``writer``, in plan order.
+    """Compute every op into ``writer``, in order.
 
-    ``workers`` jobs are computed at once, and the inputs of up to ``readahead`` more (about
-    ``readahead_bytes`` in all) are read ahead; results are written strictly in order. The job
-    runner gets ``(job, inputs, device, buffers)`` and may return one of its input tensors
-    (modified in place) as the output.
+    ``workers`` ops are computed at once, and the inputs of up to ``readahead`` more (about
+    ``readahead_bytes`` in all) are read ahead; results are written strictly in order. An
+    op's result may be one of its input tensors (modified in place).
     """
     workers = workers or default_workers(device)
     bar = tqdm(
-        total=plan.output_bytes,
+        total=sum(op.output.nbytes for op in ops),
         unit="B",
         unit_scale=True,
         desc="merging",
@@ -200,9 +229,9 @@ def execute_plan(
                 write_errors.append(exc)
             buffers.give(tensor)
 
-    def compute(job: MergeJob, reading: Future) -> torch.Tensor:
+    def compute(op: Op, reading: Future) -> torch.Tensor:
         inputs = reading.result()
-        merged = job_runner(job, inputs, device, buffers)
+        merged = run_op(op, inputs, device, buffers)
         for tensor in inputs:
             if not same_storage(tensor, merged):
                 buffers.give(tensor)
@@ -210,31 +239,31 @@ def execute_plan(
 
     writer_thread = threading.Thread(target=write_loop, name="mergebench-writer", daemon=True)
     writer_thread.start()
-    in_flight: deque[tuple[MergeJob, Future]] = deque()
-    upcoming = deque(plan.jobs)
+    in_flight: deque[tuple[Op, Future]] = deque()
+    upcoming = deque(ops)
     readers = ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read")
     computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergebench-compute")
     try:
 
         def fill() -> None:
             while upcoming and len(in_flight) < workers + readahead:
-                held = sum(job.input_bytes for job, _ in in_flight)
-                if in_flight and held + upcoming[0].input_bytes > readahead_bytes:
+                held = sum(op_input_bytes(op) for op, _ in in_flight)
+                if in_flight and held + op_input_bytes(upcoming[0]) > readahead_bytes:
                     return
-                job = upcoming.popleft()
+                op = upcoming.popleft()
                 in_flight.append(
-                    (job, computers.submit(compute, job, readers.submit(read_inputs, job, buffers)))
+                    (op, computers.submit(compute, op, readers.submit(read_inputs, op, buffers)))
                 )
 
-        for count in range(1, len(plan.jobs) + 1):
+        for count in range(1, len(ops) + 1):
             fill()
-            job, future = in_flight.popleft()
+            op, future = in_flight.popleft()
             merged = future.result()
             if write_errors:
                 raise write_errors[0]
-            out_queue.put((job.output.name, merged))
-            bar.update(job.output.nbytes)
-            bar.set_postfix_str(f"{count}/{len(plan.jobs)} tensors", refresh=False)
+            out_queue.put((op.output.name, merged))
+            bar.update(op.output.nbytes)
+            bar.set_postfix_str(f"{count}/{len(ops)} tensors", refresh=False)
     finally:
         for _, future in in_flight:
             future.cancel()

@@ -1,77 +1,87 @@
-"""Config + opened checkpoints → the list of output-tensor jobs, from headers alone.
+"""Config → sources → mapping → a list of ops that own their inputs, from headers alone.
 
-Every mismatch (missing tensor, shape or dtype disagreement, unresolved parameter) is collected
-here, so a user sees all problems in seconds, before any tensor data is read.
+An op produces one output tensor: ``Copy`` takes one input as it is (a stored tensor, or a base
+tensor with LoRA adapters folded in), ``Merge`` applies a method with every parameter already resolved
+for this tensor. Every mismatch (missing tensor, shape or dtype disagreement, unresolved parameter) is
+collected, so a user sees all problems in seconds, before any tensor data is read.
 """
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from pathlib import Path
 
 import torch
 
-from mergebench.architecture import layer_count, layer_index
+from mergebench.architecture import VOCAB_TENSOR
 from mergebench.config import MergeConfig, Scalar, resolve_value
-from mergebench.errors import ConfigError, PlanError
-from mergebench.io.checkpoint import Checkpoint
+from mergebench.inputs import Input, TensorRef
 from mergebench.io.writer import TensorSpec
+from mergebench.mapping import Mapping, Operand, Problems, TensorMapping, map_tensors
 from mergebench.methods.registry import MergeMethod
-
-MAX_REPORTED_PROBLEMS = 50
-
-
-@dataclass(frozen=True)
-class TensorRef:
-    """One input tensor: which checkpoint, which name."""
-
-    checkpoint: Checkpoint
-    name: str
-
-    @property
-    def nbytes(self) -> int:
-        return self.checkpoint.tensors[self.name].nbytes
-
-    def read(self, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        return self.checkpoint.read(self.name, buffer)
+from mergebench.sources import Source, local_paths, open_source
 
 
 @dataclass(frozen=True)
-class MergeJob:
-    """How to produce one output tensor. ``method`` None means: copy ``models[0]`` unchanged."""
+class Copy:
+    """The output tensor is ``source``, converted to the output dtype."""
 
     output: TensorSpec
-    models: tuple[TensorRef, ...]
-    base: TensorRef | None = None
-    method: MergeMethod | None = None
-    model_params: dict[str, tuple[Scalar, ...]] = field(default_factory=dict)
-    global_params: dict[str, Scalar] = field(default_factory=dict)
+    source: Input
+
+    @property
+    def inputs(self) -> tuple[Input, ...]:
+        return (self.source,)
+
+
+@dataclass(frozen=True)
+class Merge:
+    """The output tensor is ``method`` applied to the inputs with parameters resolved for this tensor.
+
+    ``params`` holds every declared parameter by its YAML name; per-model ones as tuples aligned with
+    ``models``.
+    """
+
+    output: TensorSpec
+    method: MergeMethod
+    base: Input | None
+    models: tuple[Input, ...]
+    params: dict[str, object]
     compute_dtype: torch.dtype | None = None
     seed: int = 0
 
     @property
-    def inputs(self) -> tuple[TensorRef, ...]:
+    def inputs(self) -> tuple[Input, ...]:
         return (self.base, *self.models) if self.base is not None else self.models
 
-    @property
-    def input_bytes(self) -> int:
-        return sum(ref.nbytes for ref in self.inputs)
+
+Op = Copy | Merge
+
+
+def op_refs(op: Op) -> list[TensorRef]:
+    """The stored tensors an op reads, in order: each input's refs, inputs in ``op.inputs`` order."""
+    return [ref for item in op.inputs for ref in item.refs]
+
+
+def op_input_bytes(op: Op) -> int:
+    return sum(ref.nbytes for ref in op_refs(op))
 
 
 @dataclass
 class MergePlan:
-    """Jobs in output order, plus the checkpoint whose config.json and tokenizer the output takes."""
+    """Ops in output order, plus where the output's config.json and tokenizer come from."""
 
-    jobs: list[MergeJob]
-    reference: Checkpoint
-    tokenizer_source: Checkpoint
-    checkpoints: dict[str, Checkpoint]
+    ops: list[Op]
+    reference: Source
+    tokenizer_source: Source
+    sources: dict[str, Source]
     output_dtype: torch.dtype | None = None
     config_updates: dict[str, object] = field(default_factory=dict)
 
     @property
     def output_specs(self) -> list[TensorSpec]:
-        return [job.output for job in self.jobs]
+        return [op.output for op in self.ops]
 
     @property
     def output_bytes(self) -> int:
@@ -79,181 +89,137 @@ class MergePlan:
 
     @property
     def input_bytes(self) -> int:
-        return sum(job.input_bytes for job in self.jobs)
+        return sum(op_input_bytes(op) for op in self.ops)
+
+    @property
+    def input_paths(self) -> list[Path]:
+        """Every directory the plan reads from (an output must not overlap any of them)."""
+        return [path for source in self.sources.values() for path in source.paths]
 
 
-class Problems:
-    """Collects every planning problem, then raises them together as one PlanError."""
-
-    def __init__(self) -> None:
-        self.lines: list[str] = []
-
-    def add(self, line: str) -> None:
-        self.lines.append(line)
-
-    def raise_if_any(self) -> None:
-        if not self.lines:
-            return
-        shown = self.lines[:MAX_REPORTED_PROBLEMS]
-        if len(self.lines) > len(shown):
-            shown.append(f"… and {len(self.lines) - len(shown)} more problems")
-        raise PlanError("\n".join(shown))
+def open_sources(config: MergeConfig, *, allow_pickle: bool = False) -> dict[str, Source]:
+    """Open every model the config names (headers only)."""
+    return {spec: open_source(spec, allow_pickle=allow_pickle) for spec in config.model_specs()}
 
 
-def relative_position(name: str, num_layers: int) -> float:
-    """Where a tensor sits for gradients: i / (n − 1) inside the layers, 0 outside them."""
-    index = layer_index(name)
-    if index is None or num_layers <= 1:
-        return 0.0
-    return index / (num_layers - 1)
+def config_local_paths(config: MergeConfig) -> list[Path]:
+    """Every existing local directory the config reads from, known before anything is opened."""
+    return [path for spec in config.model_specs() for path in local_paths(spec)]
 
 
-def resolve_param(
-    method: MergeMethod, name: str, levels: Sequence[dict], tensor_name: str, position: float
+def plan_merge(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
+    """Open the config's models and plan every output tensor; raises listing every problem found."""
+    sources = open_sources(config, allow_pickle=allow_pickle)
+    problems = Problems()
+    mapping = map_tensors(config, sources, problems)
+    ops = [op for tensor in mapping.tensors if (op := _plan_tensor(config, mapping, tensor, problems))]
+    problems.raise_if_any()
+    return MergePlan(
+        ops,
+        mapping.reference,
+        mapping.tokenizer_source,
+        sources,
+        mapping.output_dtype,
+        mapping.config_updates,
+    )
+
+
+def _plan_tensor(
+    config: MergeConfig, mapping: Mapping, tensor: TensorMapping, problems: Problems
+) -> Op | None:
+    reference = tensor.reference
+    output = _output_spec(tensor.output, reference, mapping.output_dtype)
+    if tensor.copy:
+        return Copy(output, _input(reference))
+    ok = [
+        _check_same_tensor(reference, operand, problems) for operand in tensor.inputs if operand != reference
+    ]
+    if not all(ok):
+        return None
+    if not reference.source.tensors[reference.name].dtype.is_floating_point:
+        return Copy(output, _input(reference))
+    method = config.method
+    models = tensor.models
+    params = resolve_params(method, tensor, problems)
+    if method.is_identity is not None and len(models) == 1 and method.is_identity(params):
+        return Copy(output, _input(models[0]))  # an exact copy: skip the float round trip
+    return Merge(
+        output,
+        method,
+        _input(tensor.inputs[tensor.base]) if tensor.base is not None else None,
+        tuple(_input(operand) for operand in models),
+        params,
+        config.compute_dtype,
+        config.seed,
+    )
+
+
+def _input(operand: Operand) -> Input:
+    return operand.source.input(operand.name)
+
+
+def resolve_params(method: MergeMethod, tensor: TensorMapping, problems: Problems) -> dict[str, object]:
+    """Every parameter of ``method`` for one output tensor: per-model ones from each model's levels
+    down to the tensor's levels, the others from the tensor's levels; then the method's default."""
+    params: dict[str, object] = {}
+    for param in method.params:
+        if param.per_model:
+            values = []
+            for operand in tensor.models:
+                value = _first_value(method, param.name, [*operand.levels, *tensor.levels], tensor)
+                if value is None:
+                    problems.add(
+                        f"tensor {tensor.output!r}: no value of {param.name!r} applies for model {operand.source.spec}"
+                    )
+                values.append(value)
+            params[param.name] = tuple(values)
+        else:
+            value = _first_value(method, param.name, tensor.levels, tensor)
+            if value is None:
+                problems.add(f"tensor {tensor.output!r}: no value of {param.name!r} applies")
+            params[param.name] = value
+    weights = params.get("weight")
+    if params.get("normalize") and isinstance(weights, tuple) and None not in weights and sum(weights) == 0:
+        problems.add(f"tensor {tensor.output!r}: weights sum to 0, cannot normalize (set normalize: false)")
+    return params
+
+
+def _first_value(
+    method: MergeMethod, name: str, levels: Sequence[dict], tensor: TensorMapping
 ) -> Scalar | None:
     """First value that applies to this tensor, from the most specific level down, else the default."""
     for level in levels:
         if name in level:
-            value = resolve_value(level[name], tensor_name, position)
+            value = resolve_value(level[name], tensor.output, tensor.position)
             if value is not None:
                 return value
     param = method.param(name)
     return None if param is None else param.default
 
 
-def build_job(
-    *,
-    output: TensorSpec,
-    method: MergeMethod,
-    base: TensorRef | None,
-    models: Sequence[TensorRef],
-    model_levels: Sequence[Sequence[dict]],
-    global_levels: Sequence[dict],
-    position: float,
-    compute_dtype: torch.dtype | None,
-    seed: int,
-    problems: Problems,
-) -> MergeJob:
-    """Resolve every parameter of ``method`` for one output tensor and package the job."""
-    model_params: dict[str, tuple[Scalar, ...]] = {}
-    global_params: dict[str, Scalar] = {}
-    for param in method.params:
-        if param.per_model:
-            values = []
-            for ref, levels in zip(models, model_levels, strict=True):
-                value = resolve_param(method, param.name, [*levels, *global_levels], output.name, position)
-                if value is None:
-                    problems.add(
-                        f"tensor {output.name!r}: no value of {param.name!r} applies for model {ref.checkpoint.spec}"
-                    )
-                values.append(value)
-            model_params[param.name] = tuple(values)
-        else:
-            value = resolve_param(method, param.name, global_levels, output.name, position)
-            if value is None:
-                problems.add(f"tensor {output.name!r}: no value of {param.name!r} applies")
-            global_params[param.name] = value
-    if global_params.get("normalize") and "weight" in model_params:
-        weights = model_params["weight"]
-        if None not in weights and sum(weights) == 0:  # type: ignore[arg-type]
-            problems.add(f"tensor {output.name!r}: weights sum to 0, cannot normalize (set normalize: false)")
-    return MergeJob(output, tuple(models), base, method, model_params, global_params, compute_dtype, seed)
-
-
-def check_same_tensor(reference: TensorRef, other: TensorRef, problems: Problems) -> bool:
+def _check_same_tensor(reference: Operand, other: Operand, problems: Problems) -> bool:
     """Shapes must match exactly; non-float tensors must also share a dtype. Reports and returns ok."""
-    want = reference.checkpoint.tensors[reference.name]
-    info = other.checkpoint.tensors.get(other.name)
+    want = reference.source.tensors[reference.name]
+    info = other.source.tensors.get(other.name)
     if info is None:
-        problems.add(f"tensor {other.name!r} is missing in model {other.checkpoint.spec}")
+        problems.add(f"tensor {other.name!r} is missing in model {other.source.spec}")
         return False
     if info.shape != want.shape:
-        hint = " (different vocabulary sizes?)" if _looks_like_vocab(other.name) else ""
+        hint = " (different vocabulary sizes?)" if VOCAB_TENSOR.search(other.name) else ""
         problems.add(
-            f"tensor {other.name!r}: shape {list(info.shape)} in {other.checkpoint.spec} vs "
-            f"{list(want.shape)} in {reference.checkpoint.spec}{hint}"
+            f"tensor {other.name!r}: shape {list(info.shape)} in {other.source.spec} vs "
+            f"{list(want.shape)} in {reference.source.spec}{hint}"
         )
         return False
     both_float = info.dtype.is_floating_point and want.dtype.is_floating_point
     if info.dtype != want.dtype and not both_float:  # float inputs are all cast to the compute dtype
-        problems.add(f"tensor {other.name!r}: dtype {info.dtype} in {other.checkpoint.spec} vs {want.dtype}")
+        problems.add(f"tensor {other.name!r}: dtype {info.dtype} in {other.source.spec} vs {want.dtype}")
         return False
     return True
 
 
-def _looks_like_vocab(name: str) -> bool:
-    return any(key in name for key in ("embed", "lm_head", "wte", "word_embeddings", "output.weight"))
-
-
-def output_spec(name: str, source: TensorRef, output_dtype: torch.dtype | None) -> TensorSpec:
-    """The output tensor's spec: shape of its source, dtype from the config for float tensors."""
-    info = source.checkpoint.tensors[source.name]
+def _output_spec(name: str, reference: Operand, output_dtype: torch.dtype | None) -> TensorSpec:
+    """The output tensor's spec: shape of its reference, dtype from the config for float tensors."""
+    info = reference.source.tensors[reference.name]
     dtype = output_dtype if (output_dtype is not None and info.dtype.is_floating_point) else info.dtype
     return TensorSpec(name, info.shape, dtype)
-
-
-def plan_models_merge(config: MergeConfig, checkpoints: dict[str, Checkpoint]) -> MergePlan:
-    """Plan a ``models:`` config: every tensor of the reference model, merged across all inputs."""
-    method = config.method
-    entries = config.models or []
-    listed = list(dict.fromkeys(entry.model for entry in entries))
-    reference = checkpoints[config.base_model or listed[0]]
-    uses_base = method.base == "required"
-    base_spec = config.base_model if uses_base else None
-    method_models = [entry for entry in entries if entry.model != base_spec]
-    # A model listed twice keeps its first entry's parameters.
-    method_models = list({entry.model: entry for entry in reversed(method_models)}.values())[::-1]
-    num_layers = layer_count(reference.config, reference.tensors)
-    problems = Problems()
-    jobs: list[MergeJob] = []
-    input_specs = ([base_spec] if base_spec else []) + [entry.model for entry in method_models]
-    for name, info in reference.tensors.items():
-        refs = {spec: TensorRef(checkpoints[spec], name) for spec in input_specs}
-        ref0 = TensorRef(reference, name)
-        if not all([check_same_tensor(ref0, ref, problems) for ref in refs.values()]):
-            continue
-        output = output_spec(name, ref0, config.output_dtype)
-        if not info.dtype.is_floating_point:
-            jobs.append(MergeJob(output, (ref0,)))
-            continue
-        jobs.append(
-            build_job(
-                output=output,
-                method=method,
-                base=refs[base_spec] if base_spec else None,
-                models=[refs[entry.model] for entry in method_models],
-                model_levels=[[entry.parameters] for entry in method_models],
-                global_levels=[config.parameters],
-                position=relative_position(name, num_layers),
-                compute_dtype=config.compute_dtype,
-                seed=config.seed,
-                problems=problems,
-            )
-        )
-    for spec in input_specs:
-        extra = sorted(set(checkpoints[spec].tensors) - set(reference.tensors))
-        for name in extra[:5]:
-            problems.add(f"tensor {name!r} of model {spec} is not in {reference.spec}")
-    problems.raise_if_any()
-    return MergePlan(
-        jobs=jobs,
-        reference=reference,
-        tokenizer_source=tokenizer_checkpoint(config, checkpoints, reference),
-        checkpoints=checkpoints,
-        output_dtype=config.output_dtype,
-    )
-
-
-def tokenizer_checkpoint(
-    config: MergeConfig, checkpoints: dict[str, Checkpoint], reference: Checkpoint
-) -> Checkpoint:
-    """``tokenizer_source``: 'base' (default) → the reference model, or a model named in the config."""
-    source = config.tokenizer_source
-    if source in (None, "base"):
-        return reference
-    if source in checkpoints:
-        return checkpoints[source]
-    raise ConfigError(
-        f"tokenizer_source: {source!r} is neither 'base' nor a model named in the config"
-        + (" ('union' vocabularies are not supported)" if source == "union" else "")
-    )

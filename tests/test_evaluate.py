@@ -16,8 +16,8 @@ pytest.importorskip("transformers")
 from click.testing import CliRunner  # noqa: E402
 
 from mergebench import quickeval as ev  # noqa: E402
+from mergebench.cli import main  # noqa: E402
 from mergebench.errors import EvalError  # noqa: E402
-from mergebench.eval_cli import eval_command  # noqa: E402
 from tests.conftest_demo import make_tiny_model_dir  # noqa: E402
 
 PROMPTS = ["add: 1+2 =", "reverse: abc =", "x", "hello there", "12 + 30 =", "a.b.c", "zz", "upper: q ="]
@@ -154,8 +154,9 @@ def test_custom_evaluator_appears_in_json_and_table(model_dirs, data, tmp_path):
         out = tmp_path / "res.json"
         runner = CliRunner()
         result = runner.invoke(
-            eval_command,
+            main,
             [
+                "eval",
                 str(model_dirs[0]),
                 "--data",
                 str(data["qa"]),
@@ -215,8 +216,8 @@ def test_bad_data_errors_name_file_and_line(model_dirs, tmp_path, lines, fragmen
         ev.evaluate(model_dirs[0], bad, "cpu")
     msg = str(exc.value)
     assert str(bad) in msg and fragment in msg and "\n" not in msg
-    result = CliRunner().invoke(eval_command, [str(model_dirs[0]), "--data", str(bad), "--device", "cpu"])
-    assert result.exit_code != 0 and isinstance(result.exception, EvalError)
+    result = CliRunner().invoke(main, ["eval", str(model_dirs[0]), "--data", str(bad), "--device", "cpu"])
+    assert result.exit_code == EvalError.exit_code and isinstance(result.exception, SystemExit)
     assert "Traceback" not in result.output
 
 
@@ -236,7 +237,8 @@ def test_cli_process_exits_cleanly_on_error(model_dirs, tmp_path):
         [
             sys.executable,
             "-m",
-            "mergebench.eval_cli",
+            "mergebench",
+            "eval",
             str(model_dirs[0]),
             "--data",
             str(bad),

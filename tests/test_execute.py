@@ -8,7 +8,7 @@ import torch
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
 from mergebench.methods import get_method
-from mergebench.plan import MergeJob
+from mergebench.plan import Merge
 
 PARAMS = {
     "linear": ({"weight": (0.3, 0.9)}, {"normalize": True}),
@@ -29,8 +29,13 @@ PARAMS = {
 }
 
 
-class FakeRef:
-    """Stands in for a TensorRef: run_job only needs to know a base exists."""
+class InMemory:
+    """An input whose stored tensor the test passes in directly (run_op builds inputs from its refs)."""
+
+    refs = (None,)
+
+    def build(self, tensors):
+        return tensors[0]
 
 
 @pytest.mark.parametrize("method_name", sorted(PARAMS))
@@ -47,25 +52,26 @@ def test_chunked_equals_whole_tensor(monkeypatch, method_name, dtype):
         model_params = {}
     models = others if method_name != "linear" else [base, others[0]]
     tensors = [t.to(dtype) for t in ([base, *others] if method.base == "required" else models)]
-    job = MergeJob(
+    job = Merge(
         output=TensorSpec("model.layers.0.mlp.up_proj.weight", tuple(base.shape), dtype),
-        models=(FakeRef(),) * (len(tensors) - (1 if method.base == "required" else 0)),
-        base=FakeRef() if method.base == "required" else None,
         method=method,
-        model_params=model_params,
-        global_params=global_params,
+        base=InMemory() if method.base == "required" else None,
+        models=(InMemory(),) * (len(tensors) - (1 if method.base == "required" else 0)),
+        params={**model_params, **global_params},
         compute_dtype=None,
         seed=3,
     )
     monkeypatch.setattr(execute, "CHUNK", 1000)  # many chunks, misaligned with rows and RNG blocks
-    chunked = execute.run_job(job, tensors)
+    chunked = execute.run_op(job, tensors)
     # the whole-tensor path a GPU takes, run here on the CPU, gives the same result
-    on_device = execute.run_job(job, tensors, "cpu", chunked=False)
+    on_device = execute.run_op(job, tensors, "cpu", chunked=False)
     assert torch.allclose(chunked.float(), on_device.float(), rtol=1e-6, atol=1e-7)
-    kwargs = execute.method_kwargs(job)
     split = 1 if method.base == "required" else 0
     as_float = [t.float() for t in tensors]
-    whole = method.function(as_float[split:], as_float[0] if split else None, **kwargs).to(dtype)
+    whole = method(
+        as_float[split:], as_float[0] if split else None, name=job.output.name, seed=job.seed, **job.params
+    )
+    whole = whole.to(dtype)
     assert torch.equal(chunked, whole) or torch.allclose(chunked.float(), whole.float(), rtol=1e-6, atol=1e-7)
 
 

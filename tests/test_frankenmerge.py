@@ -688,6 +688,7 @@ def write_sparse_llama_70b(directory: Path, layers_per_shard: int = 5) -> None:
 def test_plan_70b_shaped_frankenmerge_from_headers_only(tmp_path, monkeypatch):
     from mergebench.config import parse_config
     from mergebench.merge import plan_merge
+    from mergebench.plan import Copy
 
     model = tmp_path / "llama70b"
     write_sparse_llama_70b(model)
@@ -702,27 +703,25 @@ def test_plan_70b_shaped_frankenmerge_from_headers_only(tmp_path, monkeypatch):
     elapsed = time.perf_counter() - started
     print(f"planned a 120-layer frankenmerge of a 70B-shaped model in {elapsed:.2f} s")
 
-    names = [job.output.name for job in plan.jobs]
+    names = [job.output.name for job in plan.ops]
     assert len(names) == len(set(names)) == 3 + 9 * 120
     assert names[0] == "model.embed_tokens.weight" and names[-2:] == ["model.norm.weight", "lm_head.weight"]
-    by_name = {job.output.name: job for job in plan.jobs}
+    by_name = {job.output.name: job for job in plan.ops}
     assert (
-        by_name["model.layers.59.mlp.down_proj.weight"].models[0].name
+        by_name["model.layers.59.mlp.down_proj.weight"].inputs[0].name
         == "model.layers.59.mlp.down_proj.weight"
     )
     assert (
-        by_name["model.layers.60.mlp.down_proj.weight"].models[0].name
+        by_name["model.layers.60.mlp.down_proj.weight"].inputs[0].name
         == "model.layers.20.mlp.down_proj.weight"
     )
     assert (
-        by_name["model.layers.119.self_attn.q_proj.weight"].models[0].name
+        by_name["model.layers.119.self_attn.q_proj.weight"].inputs[0].name
         == "model.layers.79.self_attn.q_proj.weight"
     )
-    assert all(job.method is None for job in plan.jobs)  # plain copies
+    assert all(isinstance(job, Copy) for job in plan.ops)  # plain copies
     assert plan.config_updates == {"num_hidden_layers": 120}
-    per_layer = sum(
-        int(np.prod(job.output.shape)) * 2 for job in plan.jobs if ".layers.0." in job.output.name
-    )
+    per_layer = sum(int(np.prod(job.output.shape)) * 2 for job in plan.ops if ".layers.0." in job.output.name)
     assert plan.output_bytes == 120 * per_layer + 2 * 32000 * 8192 * 2 + 8192 * 2
     assert plan.output_bytes > 180e9
 

@@ -6,7 +6,6 @@ import json
 import re
 from pathlib import Path
 
-import click
 import pytest
 import torch
 from click.testing import CliRunner
@@ -23,15 +22,13 @@ ATOL = 1e-5
 
 
 def lora_cli(*args):
-    from mergebench.lora.cli import lora_group
+    from mergebench.cli import main
 
-    group = click.Group("mergebench")
-    group.add_command(lora_group)
-    return CliRunner().invoke(group, ["lora", *[str(a) for a in args]], catch_exceptions=True)
+    return CliRunner().invoke(main, ["lora", *[str(a) for a in args]], catch_exceptions=True)
 
 
 def load_dir(path: Path) -> dict[str, torch.Tensor]:
-    from mergebench.io.checkpoint import open_checkpoint
+    from mergebench.sources import open_checkpoint
 
     checkpoint = open_checkpoint(str(path))
     return {name: checkpoint.read(name) for name in checkpoint.tensors}
@@ -378,7 +375,7 @@ def test_bad_weights(base, adapters, tmp_path):
 def test_pattern_key_matches_peft():
     from peft.utils.other import get_pattern_key as peft_key
 
-    from mergebench.lora.adapter import get_pattern_key
+    from mergebench.io.adapter import get_pattern_key
 
     patterns = {"q_proj": 1, r"layers\.1\.self_attn\.q_proj": 2, "proj": 3, "mlp.*": 4}
     for path in [

@@ -15,9 +15,12 @@ def rand(*shape, seed=0, dtype=torch.float64):
     return torch.randn(*shape, generator=torch.Generator().manual_seed(seed), dtype=dtype)
 
 
-def call(method_name, models, base=None, **params):
+def call(method_name, models, base=None, key=(0, "tensor"), **params):
+    """Whole-tensor application; parameters by the function's keyword names, ``key`` = (seed, tensor name)."""
     method = get_method(method_name)
-    return method.function(models, base, **params)
+    yaml_names = {p.python_name: p.name for p in method.params}
+    seed, name = key
+    return method(models, base, seed=seed, name=name, **{yaml_names.get(k, k): v for k, v in params.items()})
 
 
 def np_(*tensors):

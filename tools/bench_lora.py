@@ -156,8 +156,8 @@ for shard in sorted(src.glob("*.safetensors")):
 
 OURS = r"""
 import sys
-from mergebench.lora.cli import lora_group
-lora_group(["merge", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--max-shard-size", sys.argv[4], "--no-progress"])
+from mergebench.cli import main
+main(["lora", "merge", sys.argv[1], sys.argv[2], "--out", sys.argv[3], "--max-shard-size", sys.argv[4], "--no-progress"])
 """
 
 PEFT = r"""

@@ -1,11 +1,11 @@
-"""A checkpoint (model directory or hub id) opened lazily: headers now, tensor bytes on demand."""
+"""A model directory's weights opened lazily: headers now, tensor bytes on demand (``sources`` turns
+a model string into a directory)."""
 
 from __future__ import annotations
 
 import json
 import os
-import re
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -18,22 +18,6 @@ SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
 PICKLE_INDEX = "pytorch_model.bin.index.json"
 PICKLE_SINGLE = "pytorch_model.bin"
-
-# Files fetched from the hub for a model: weights in safetensors form, configs and tokenizer only.
-HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
-TOKENIZER_FILES = (
-    "tokenizer.json",
-    "tokenizer_config.json",
-    "special_tokens_map.json",
-    "tokenizer.model",
-    "vocab.json",
-    "vocab.txt",
-    "merges.txt",
-    "added_tokens.json",
-    "chat_template.jinja",
-    "chat_template.json",
-)
-REPO_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def safe_child(directory: Path, name: object, what: str) -> Path:
@@ -50,7 +34,7 @@ def safe_child(directory: Path, name: object, what: str) -> Path:
     return directory / name
 
 
-@dataclass
+@dataclass(eq=False)
 class Checkpoint:
     """One input model: its directory, tensor headers, and ``config.json``.
 
@@ -61,13 +45,13 @@ class Checkpoint:
     path: Path
     tensors: dict[str, TensorInfo]
     config: dict | None = None
-    _pickled: dict[str, torch.Tensor] | None = field(default=None, repr=False)
+    pickled: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # only via open_pickled
 
     def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
         """Read tensor ``name`` into memory: into ``buffer`` (uint8, exactly the tensor's byte size)
         when given, else a fresh tensor. Either way the caller owns the result and may modify it."""
-        if self._pickled is not None:
-            return self._pickled[name].clone()
+        if self.pickled is not None:
+            return self.pickled[name].clone()
         try:
             info = self.tensors[name]
         except KeyError:
@@ -78,13 +62,10 @@ class Checkpoint:
         """The weight files this checkpoint reads from."""
         return sorted({info.file for info in self.tensors.values()})
 
-    def tokenizer_files(self) -> list[Path]:
-        return [self.path / f for f in TOKENIZER_FILES if (self.path / f).is_file()]
 
-
-def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
-    """Open ``spec`` (a local directory, or a hub id ``org/name[@revision]``) reading headers only."""
-    directory = resolve_model_dir(spec)
+def open_weights(spec: str, directory: Path, *, allow_pickle: bool = False) -> Checkpoint:
+    """Headers of the model weights in ``directory``: a safetensors index + shards, model.safetensors,
+    any *.safetensors, or — only when allowed — pickled .bin weights."""
     config = read_json(directory / "config.json") if (directory / "config.json").is_file() else None
     if (directory / SAFETENSORS_INDEX).is_file():
         return Checkpoint(spec, directory, _sharded_headers(directory, SAFETENSORS_INDEX), config)
@@ -95,53 +76,45 @@ def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
         return Checkpoint(spec, directory, _headers_of(directory, others), config)
     pickled = [n for n in (PICKLE_INDEX, PICKLE_SINGLE) if (directory / n).is_file()]
     if pickled:
-        if not allow_pickle:
-            raise CheckpointError(
-                f"{directory / pickled[0]}: pickled weights can run arbitrary code when loaded; "
-                "convert to safetensors or pass --allow-pickle if you trust this model"
-            )
-        return _open_pickled(spec, directory, pickled[0], config)
+        if pickled[0] == PICKLE_INDEX:
+            shard_names = sorted({p.name for p in _weight_map(directory, PICKLE_INDEX).values()})
+        else:
+            shard_names = [pickled[0]]
+        return open_pickled(spec, directory, shard_names, config, allow=allow_pickle, what="weights")
     raise CheckpointError(f"{directory}: no model.safetensors, sharded safetensors index or weights found")
 
 
-def resolve_model_dir(spec: str) -> Path:
-    """Map a model string to a local directory: an existing path, else a hub id via huggingface_hub.
-
-    The hub is asked for the cached snapshot first (works offline), then downloads safetensors, config
-    and tokenizer files only — never pickled weights.
-    """
-    local = Path(spec).expanduser()
-    if local.exists():
-        if not local.is_dir():
-            raise CheckpointError(f"{spec}: expected a model directory, found a file")
-        return local
-    repo_id, _, revision = spec.partition("@")
-    if not REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
-        raise CheckpointError(f"{spec}: model directory not found")
-    return _hub_snapshot(spec, repo_id, revision or None)
-
-
-def _hub_snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import LocalEntryNotFoundError
-
-    try:
-        return Path(
-            snapshot_download(
-                repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS, local_files_only=True
-            )
+def open_pickled(
+    spec: str,
+    directory: Path,
+    file_names: Sequence[str],
+    config: dict | None = None,
+    *,
+    allow: bool,
+    what: str,
+    error: type[MergebenchError] = CheckpointError,
+) -> Checkpoint:
+    """The one place pickled tensors are loaded: refused unless explicitly allowed, then memory-mapped
+    ``torch.load(weights_only=True)`` per file."""
+    if not allow:
+        raise error(
+            f"{directory / file_names[0]}: pickled {what} can run arbitrary code when loaded; "
+            "convert to safetensors or pass --allow-pickle if you trust its source"
         )
-    except LocalEntryNotFoundError:
-        pass
-    except Exception as exc:  # huggingface_hub raises many types; all mean "unusable"
-        raise CheckpointError(f"{spec}: not a local directory, and the hub cache failed: {exc}") from None
-    try:
-        return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
-    except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
-        raise CheckpointError(
-            f"{spec}: not a local directory, not in the Hugging Face cache, and download failed ({first_line})"
-        ) from None
+    tensors: dict[str, torch.Tensor] = {}
+    for file_name in file_names:
+        path = directory / file_name
+        try:
+            tensors.update(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
+        except Exception as exc:
+            raise error(f"{path}: cannot load pickled weights ({exc})") from None
+    infos = {
+        key: TensorInfo(
+            key, directory / file_names[0], t.dtype, tuple(t.shape), 0, t.numel() * t.element_size()
+        )
+        for key, t in tensors.items()
+    }
+    return Checkpoint(spec, directory, infos, config, pickled=tensors)
 
 
 def read_json(path: Path, error: type[MergebenchError] = CheckpointError) -> dict:
@@ -190,26 +163,3 @@ def _headers_of(directory: Path, file_names: Iterable[str]) -> dict[str, TensorI
                 raise CheckpointError(f"{directory}: tensor {name!r} is stored in two shards")
             infos[name] = info
     return infos
-
-
-def _open_pickled(spec: str, directory: Path, name: str, config: dict | None) -> Checkpoint:
-    """Explicitly allowed pickled weights: memory-mapped ``torch.load`` (weights only) per shard."""
-    if name == PICKLE_INDEX:
-        shard_names = sorted({p.name for p in _weight_map(directory, PICKLE_INDEX).values()})
-    else:
-        shard_names = [name]
-    tensors: dict[str, torch.Tensor] = {}
-    for shard_name in shard_names:
-        path = directory / shard_name
-        try:
-            state = torch.load(path, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as exc:
-            raise CheckpointError(f"{path}: cannot load pickled weights ({exc})") from None
-        tensors.update(state)
-    infos = {
-        key: TensorInfo(
-            key, directory / shard_names[0], t.dtype, tuple(t.shape), 0, t.numel() * t.element_size()
-        )
-        for key, t in tensors.items()
-    }
-    return Checkpoint(spec, directory, infos, config, _pickled=tensors)

@@ -1,4 +1,8 @@
-"""The non-tensor files of an output model: config.json, generation config, tokenizer, model card."""
+"""The non-tensor files of a model: which ones travel with it, and writing config.json and the card.
+
+The one table of side files: what the hub download fetches besides weights, which files make a
+tokenizer, and which are copied into an output model.
+"""
 
 from __future__ import annotations
 
@@ -6,34 +10,63 @@ import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
-import torch
+from mergebench.dtypes import dtype_name
+from mergebench.version import __version__
 
-from mergebench import __version__
-from mergebench.io.checkpoint import Checkpoint
+if TYPE_CHECKING:
+    import torch
+
+CONFIG_FILE = "config.json"
+GENERATION_CONFIG = "generation_config.json"
+TOKENIZER_FILES = (
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "vocab.json",
+    "vocab.txt",
+    "merges.txt",
+    "added_tokens.json",
+    "chat_template.jinja",
+    "chat_template.json",
+)
+# Any one of these makes a directory loadable with AutoTokenizer.
+TOKENIZER_MARKERS = ("tokenizer.json", "tokenizer_config.json", "tokenizer.model", "vocab.json")
+# Fetched from the hub for a model or adapter: weights in safetensors form, configs and tokenizer only.
+HUB_ALLOW_PATTERNS = ["*.safetensors", "*.json", "*.model", "*.txt", "*.tiktoken", "*.jinja"]
+
+
+def tokenizer_files(directory: Path) -> list[Path]:
+    return [directory / name for name in TOKENIZER_FILES if (directory / name).is_file()]
+
+
+def has_tokenizer(directory: Path) -> bool:
+    return any((directory / name).is_file() for name in TOKENIZER_MARKERS)
 
 
 def write_config(
-    directory: Path, reference: Checkpoint, dtype: torch.dtype | None, updates: dict | None = None
+    directory: Path, config: dict | None, dtype: torch.dtype | None, updates: dict | None = None
 ) -> None:
     """config.json of the reference model, with the dtype (and e.g. layer count) updated."""
-    if reference.config is None:
+    if config is None:
         return
-    config = dict(reference.config)
+    config = dict(config)
     if dtype is not None:
-        config["torch_dtype"] = str(dtype).removeprefix("torch.")  # torch.bfloat16 → "bfloat16"
+        config["torch_dtype"] = dtype_name(dtype)  # torch.bfloat16 → "bfloat16"
         if "dtype" in config:
             config["dtype"] = config["torch_dtype"]
     config.update(updates or {})
-    (directory / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def copy_side_files(directory: Path, reference: Checkpoint, tokenizer_source: Checkpoint) -> None:
+def copy_side_files(directory: Path, reference_dir: Path, tokenizer_dir: Path) -> None:
     """Generation config from the reference model, tokenizer files from the tokenizer source."""
-    generation = reference.path / "generation_config.json"
+    generation = reference_dir / GENERATION_CONFIG
     if generation.is_file():
-        shutil.copyfile(generation, directory / "generation_config.json")
-    for path in tokenizer_source.tokenizer_files():
+        shutil.copyfile(generation, directory / GENERATION_CONFIG)
+    for path in tokenizer_files(tokenizer_dir):
         shutil.copyfile(path, directory / path.name)
 
 

@@ -15,24 +15,8 @@ from pathlib import Path
 
 import torch
 
+from mergebench.dtypes import from_safetensors_code
 from mergebench.errors import CheckpointError
-
-# safetensors dtype code -> torch dtype (the codes are the format's own, see its spec).
-DTYPES: dict[str, torch.dtype] = {
-    "F64": torch.float64,
-    "F32": torch.float32,
-    "F16": torch.float16,
-    "BF16": torch.bfloat16,
-    "I64": torch.int64,
-    "I32": torch.int32,
-    "I16": torch.int16,
-    "I8": torch.int8,
-    "U8": torch.uint8,
-    "BOOL": torch.bool,
-    "F8_E4M3": torch.float8_e4m3fn,
-    "F8_E5M2": torch.float8_e5m2,
-}
-DTYPE_CODES: dict[torch.dtype, str] = {v: k for k, v in DTYPES.items()}
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -90,7 +74,8 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     if not isinstance(entry, dict):
         raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}")
     code, shape, offsets = entry.get("dtype"), entry.get("shape"), entry.get("data_offsets")
-    if code not in DTYPES:
+    dtype = from_safetensors_code(code) if isinstance(code, str) else None
+    if dtype is None:
         raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {code!r}")
     if not (
         isinstance(shape, list)
@@ -101,7 +86,6 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
         and 0 <= offsets[0] <= offsets[1]
     ):
         raise CheckpointError(f"{path}: corrupt header entry for tensor {name!r}")
-    dtype = DTYPES[code]
     nbytes = offsets[1] - offsets[0]
     if nbytes != math.prod(shape) * dtype.itemsize:
         raise CheckpointError(f"{path}: tensor {name!r} byte length does not match its shape and dtype")

@@ -12,15 +12,15 @@ import os
 import re
 import shutil
 import tempfile
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import BinaryIO
 
 import torch
 
+from mergebench.dtypes import safetensors_code
 from mergebench.errors import OutputError
-from mergebench.io.safetensors_header import DTYPE_CODES
 
 INDEX_NAME = "model.safetensors.index.json"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
@@ -90,7 +90,7 @@ def _header_bytes(shard: Sequence[TensorSpec]) -> bytes:
     offset = 0
     for spec in shard:
         header[spec.name] = {
-            "dtype": DTYPE_CODES[spec.dtype],
+            "dtype": safetensors_code(spec.dtype),
             "shape": list(spec.shape),
             "data_offsets": [offset, offset + spec.nbytes],
         }
@@ -103,11 +103,23 @@ def _header_bytes(shard: Sequence[TensorSpec]) -> bytes:
 class ShardedWriter:
     """Streams tensors, in plan order, into ``model-0000i-of-0000N.safetensors`` plus the index json."""
 
-    def __init__(self, directory: Path, specs: Sequence[TensorSpec], max_shard_size: int) -> None:
+    def __init__(
+        self,
+        directory: Path,
+        specs: Sequence[TensorSpec],
+        max_shard_size: int,
+        *,
+        single_file: str | None = None,
+    ) -> None:
         self.directory = directory
-        self.shards = assign_shards(specs, max_shard_size)
-        count = len(self.shards)
-        self.file_names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+        self.single_file = single_file
+        if single_file is not None:  # one named file, no index (e.g. adapter_model.safetensors)
+            self.shards = [list(specs)]
+            self.file_names = [single_file]
+        else:
+            self.shards = assign_shards(specs, max_shard_size)
+            count = len(self.shards)
+            self.file_names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
         self._order = [(shard_index, spec) for shard_index, shard in enumerate(self.shards) for spec in shard]
         self._position = 0
         self._handle: BinaryIO | None = None
@@ -153,6 +165,11 @@ class ShardedWriter:
         self._close_handle()
         if self._position != len(self._order):
             raise RuntimeError(f"writer closed after {self._position} of {len(self._order)} tensors")
+        if self.single_file is not None:
+            if not self._order:  # an empty file still gets its header
+                self._switch_to(0)
+                self._close_handle()
+            return
         weight_map = {spec.name: self.file_names[i] for i, spec in self._order}
         total = sum(spec.nbytes for _, spec in self._order)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
@@ -160,6 +177,19 @@ class ShardedWriter:
 
     def abort(self) -> None:
         self._close_handle()
+
+
+def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
+    """One safetensors file from tensors in memory (small outputs such as adapters), written by the same
+    code as model shards: the one safetensors write path."""
+    specs = [TensorSpec(name, tuple(tensor.shape), tensor.dtype) for name, tensor in tensors.items()]
+    writer = ShardedWriter(path.parent, specs, max_shard_size=0, single_file=path.name)
+    try:
+        for name, tensor in tensors.items():
+            writer.write(name, tensor)
+        writer.close()
+    finally:
+        writer.abort()
 
 
 def _is_within(path: Path, parent: Path) -> bool:

@@ -1,13 +1,13 @@
-"""LoRA adapters in PEFT's file format: fold into a base, concatenate ranks, use as merge inputs, extract.
+"""The ``lora`` commands, built on the core (the core never imports this package).
 
 Layout:
-    adapter.py  read an adapter dir (config math, key names, rank/alpha patterns) — headers only
-    bind.py     map an adapter's modules onto a base checkpoint's tensors (the one place), validate,
-                and apply updates to one base tensor at a time
-    merge.py    ``lora merge``: base + adapters → a normal model directory, streamed
-    adapted.py  ``base+adapter`` model strings: a Checkpoint whose ``read`` returns W + ΔW
+    merge.py    ``lora merge``: base + adapters → a normal model directory (Copy ops of folded tensors,
+                published like any merge)
     concat.py   ``lora concat``: one adapter whose update is the weighted sum (optionally SVD-compressed)
     extract.py  ``lora extract``: finetune − base → adapter by truncated SVD
-    save.py     write an adapter dir atomically
+    save.py     write an adapter directory atomically
     cli.py      the ``lora`` click group
+
+Reading PEFT adapters (``io/adapter.py``) and folding them into base tensors (``fold.py``) are core
+modules, because ``base+adapter`` model strings are merge inputs.
 """

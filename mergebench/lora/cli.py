@@ -1,4 +1,5 @@
-"""``mergebench lora {merge,concat,extract}``: registered by ``cli.py`` with ``main.add_command(lora_group)``."""
+"""``mergebench lora {merge,concat,extract}``: a group that ``cli.py`` adds to the main command (which
+turns errors into messages and exit codes)."""
 
 from __future__ import annotations
 
@@ -6,17 +7,12 @@ from pathlib import Path
 
 import click
 
-from mergebench.cli_support import friendly_errors
-
-DTYPES = ["float32", "float16", "bfloat16"]
+from mergebench.dtypes import STORAGE_CHOICES as DTYPES
+from mergebench.dtypes import torch_dtype
 
 
 def _dtype(name: str | None):
-    if name is None:
-        return None
-    from mergebench.config import DTYPE_NAMES  # imports torch: only once a command runs
-
-    return DTYPE_NAMES[name]
+    return torch_dtype(name) if name is not None else None
 
 
 @click.group("lora", context_settings={"help_option_names": ["-h", "--help"]})
@@ -36,7 +32,6 @@ def lora_group() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights (runs code from the file!).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-@friendly_errors
 def merge_command(base, adapters, out, weights, max_shard_size, dtype, overwrite, allow_pickle, no_progress):
     """Write BASE with every ADAPTER folded in: W' = W + Σ w_i s_i B_i A_i, streamed tensor by tensor."""
     from mergebench.lora.merge import parse_weights, run_lora_merge
@@ -67,7 +62,6 @@ def merge_command(base, adapters, out, weights, max_shard_size, dtype, overwrite
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Factor dtype (default: the inputs').")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled adapter_model.bin.")
-@friendly_errors
 def concat_command(adapters, out, weights, rank, dtype, overwrite, allow_pickle):
     """Write ONE adapter whose update is the weighted sum of the ADAPTERS' updates (ranks concatenated)."""
     from mergebench.lora.concat import run_lora_concat
@@ -104,7 +98,6 @@ def concat_command(adapters, out, weights, rank, dtype, overwrite, allow_pickle)
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights.")
-@friendly_errors
 def extract_command(base, finetuned, rank, out, dtype, overwrite, allow_pickle):
     """Write a PEFT adapter approximating FINETUNED − BASE by truncated SVD per weight matrix."""
     from mergebench.lora.extract import run_lora_extract

@@ -26,9 +26,10 @@ from pathlib import Path
 import torch
 
 from mergebench.errors import AdapterError
+from mergebench.io.adapter import KEY_PREFIX, Adapter, LoraModule
 from mergebench.io.writer import check_output_target
-from mergebench.lora.adapter import KEY_PREFIX, Adapter, LoraModule, open_adapter
 from mergebench.lora.save import adapter_config, rank_config, write_adapter
+from mergebench.sources import open_adapter
 
 
 @dataclass(frozen=True)

@@ -22,22 +22,22 @@ other 2-D weights linear layers.
 from __future__ import annotations
 
 import math
-import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
 
+from mergebench.architecture import EMBEDDING_MODULE
 from mergebench.errors import AdapterError
-from mergebench.io.checkpoint import Checkpoint, open_checkpoint
+from mergebench.fold import resolve_name
+from mergebench.io.adapter import KEY_PREFIX
+from mergebench.io.checkpoint import Checkpoint
 from mergebench.io.writer import check_output_target
-from mergebench.lora.adapter import KEY_PREFIX
-from mergebench.lora.bind import resolve_name
 from mergebench.lora.save import adapter_config, rank_config, write_adapter
+from mergebench.sources import open_checkpoint
 
 EXACT_SVD_MAX = 1024  # exact SVD when the smaller side is at most this, or the rank is a large part of it
-EMBEDDING_NAME = re.compile(r"(^|\.)(embed[^.]*|wte|wpe|word_embeddings)$")
 
 
 @dataclass
@@ -84,7 +84,7 @@ def _module_of(name: str, kinds: dict[str, str] | None, shape) -> tuple[str, str
         if path is not None:
             return path, kinds[path]
     if len(shape) == 2 and name.endswith(".weight"):
-        return module, "embedding" if EMBEDDING_NAME.search(module) else "linear"
+        return module, "embedding" if EMBEDDING_MODULE.search(module) else "linear"
     return module, "other"
 
 

@@ -8,11 +8,10 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 
 import torch
-from safetensors.torch import save_file
 
-from mergebench import __version__
-from mergebench.io.writer import OutputDirectory
-from mergebench.lora.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mergebench.io.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mergebench.io.writer import OutputDirectory, save_tensors
+from mergebench.version import __version__
 
 # Fields that describe which modules are adapted: replaced by exact lists when writing a new adapter.
 _TARGETING = ("layers_to_transform", "layers_pattern", "exclude_modules", "target_parameters")
@@ -69,8 +68,7 @@ def write_adapter(
 ) -> Path:
     """Publish ``out`` holding ``adapter_config.json``, ``adapter_model.safetensors`` and a README."""
     with OutputDirectory(out, overwrite=overwrite, inputs=inputs) as temp:
-        contiguous = {key: tensor.contiguous() for key, tensor in tensors.items()}
-        save_file(contiguous, str(temp / ADAPTER_WEIGHTS), metadata={"format": "pt"})
+        save_tensors(temp / ADAPTER_WEIGHTS, tensors)
         (temp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
         front = ["---", "library_name: peft", "tags:", "- lora", "- mergebench", "---", ""]
         (temp / "README.md").write_text(

@@ -6,7 +6,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import LAMBDA, WEIGHT, MergeMethod, normalize_param, register
+from mergebench.methods.registry import LAMBDA, WEIGHT, Piece, merge_method, normalize_param
 
 
 def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> torch.Tensor:
@@ -17,14 +17,28 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     return total
 
 
+@merge_method(
+    "linear",
+    params=(WEIGHT, normalize_param(True)),
+    base="unused",
+    elementwise=True,
+    summary="weighted average of the models: Σ w_i θ_i / Σ w_i",
+)
 def linear(
-    models: Sequence[torch.Tensor], base: None, *, weight: Sequence[float], normalize: bool, offset: int = 0
+    models: Sequence[torch.Tensor], base: None, *, weight: Sequence[float], normalize: bool, piece: Piece
 ):
     """θ = Σ w_i·θ_i / Σ w_i   (without ``normalize``: θ = Σ w_i·θ_i)."""
     merged = weighted_sum(models, weight)
     return merged / sum(weight) if normalize else merged
 
 
+@merge_method(
+    "task_arithmetic",
+    params=(WEIGHT, normalize_param(False), LAMBDA),
+    base="required",
+    elementwise=True,
+    summary="θ_base + λ Σ w_i (θ_i − θ_base); negative weights subtract a behaviour",
+)
 def task_arithmetic(
     models: Sequence[torch.Tensor],
     base: torch.Tensor,
@@ -32,7 +46,7 @@ def task_arithmetic(
     weight: Sequence[float],
     normalize: bool,
     lambda_: float,
-    offset: int = 0,
+    piece: Piece,
 ):
     """θ = θ_base + λ·Σ w_i·τ_i with τ_i = θ_i − θ_base (÷ Σ w_i with ``normalize``).
 
@@ -43,25 +57,3 @@ def task_arithmetic(
     if normalize:
         update /= sum(weight)
     return base + lambda_ * update
-
-
-register(
-    MergeMethod(
-        "linear",
-        linear,
-        (WEIGHT, normalize_param(True)),
-        base="unused",
-        elementwise=True,
-        summary="weighted average of the models: Σ w_i θ_i / Σ w_i",
-    )
-)
-register(
-    MergeMethod(
-        "task_arithmetic",
-        task_arithmetic,
-        (WEIGHT, normalize_param(False), LAMBDA),
-        base="required",
-        elementwise=True,
-        summary="θ_base + λ Σ w_i (θ_i − θ_base); negative weights subtract a behaviour",
-    )
-)

@@ -6,23 +6,19 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import MergeMethod, Param, register
+from mergebench.methods.registry import Param, Piece, merge_method
 
 
-def passthrough(models: Sequence[torch.Tensor], base: None, *, scale: float):
-    """θ = scale·θ_1 for the single input model (scale 1.0: an exact copy)."""
-    if len(models) != 1:
-        raise ValueError(f"passthrough takes exactly one model, got {len(models)}")
-    return models[0] if scale == 1.0 else models[0] * scale
-
-
-PASSTHROUGH = register(
-    MergeMethod(
-        "passthrough",
-        passthrough,
-        (Param("scale", float, 1.0),),
-        base="unused",
-        models_other_than_base=1,
-        summary="copy one model's tensors (one source per slice), optionally scaled; for layer stacking",
-    )
+@merge_method(
+    "passthrough",
+    params=(Param("scale", float, 1.0),),
+    base="unused",
+    model_count=1,
+    elementwise=True,
+    is_identity=lambda params: params["scale"] == 1.0,
+    summary="copy one model's tensors (one source per slice), optionally scaled; for layer stacking",
 )
+def passthrough(models: Sequence[torch.Tensor], base: None, *, scale: float, piece: Piece):
+    """θ = scale·θ_1 for the single input model (scale 1.0: an exact copy)."""
+    (model,) = models
+    return model if scale == 1.0 else model * scale

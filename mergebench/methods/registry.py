@@ -1,15 +1,37 @@
-"""Merge methods by name, each with the parameters it declares (used for config validation and docs)."""
+"""The method contract: a pure function over tensors, its declared parameters, and a name to find it by.
+
+Adding a method is one file with one decorated function (plus a reference test)::
+
+    @merge_method("task_arithmetic", params=(WEIGHT, LAMBDA), base="required", elementwise=True,
+                  summary="θ_base + λ Σ w_i (θ_i − θ_base)")
+    def task_arithmetic(models, base, *, weight, lambda_, piece): ...
+
+The function receives the input tensors other than the base's (``models``, config order, already in the
+compute precision), the base tensor (or None), each declared parameter as a keyword (per-model ones as
+lists aligned with ``models``; a YAML name that is a Python keyword gets a trailing underscore:
+``lambda`` → ``lambda_``), and ``piece``: which output tensor this is, the seed, and — for methods
+with a ``stats`` step — what that step computed over the whole tensor.
+
+``elementwise`` methods give the same result on any contiguous flat slice of their inputs as on the
+whole tensor (``piece.offset`` says where the slice starts), so the executor may stream them through
+cache-sized chunks. Whole-tensor quantities (TIES' trim threshold, SLERP's angle) come from the optional
+``stats(inputs, **params)`` step, which reads the whole tensor through ``TensorInputs`` before any piece
+is computed. The executor alone decides chunking, devices, threads and buffers.
+"""
 
 from __future__ import annotations
 
+import keyword
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal, Protocol
 
 import torch
 
 from mergebench.errors import ConfigError
+
+Scalar = float | int | bool
 
 
 @dataclass(frozen=True)
@@ -26,7 +48,8 @@ class Param:
 
     @property
     def python_name(self) -> str:
-        return "lambda_" if self.name == "lambda" else self.name
+        """The keyword the method function takes: YAML names that are Python keywords get a ``_``."""
+        return f"{self.name}_" if keyword.iskeyword(self.name) else self.name
 
     def check(self, value: object, where: str) -> None:
         """Raise ConfigError naming ``where`` if ``value`` has the wrong type or range."""
@@ -40,48 +63,147 @@ class Param:
             raise ConfigError(f"{where}: must be {self.expect}, got {value!r}")
 
 
-BaseUse = Literal["required", "unused"]
+BaseUse = Literal["required", "optional", "unused"]
+
+
+@dataclass(frozen=True)
+class Piece:
+    """Which part of which output tensor a method call computes, and what it knows of the whole tensor."""
+
+    name: str  # output tensor name (with the seed: the key of a randomized method's draws)
+    seed: int = 0
+    offset: int = 0  # flat index of the first entry (0 for a whole tensor)
+    stats: Any = None  # the method's ``stats`` result for the whole tensor
+
+
+class TensorInputs(Protocol):
+    """A stats step's view of one output tensor's whole inputs, read in the compute precision.
+
+    Slices are converted on demand, so a stats step can walk a tensor of any size in small pieces;
+    ``workspace`` lends one tensor-sized scratch buffer (recycled by the executor).
+    """
+
+    numel: int
+    count: int  # number of models other than the base
+
+    def model(self, index: int, start: int, stop: int) -> torch.Tensor: ...
+
+    def base(self, start: int, stop: int) -> torch.Tensor: ...
+
+    def workspace(self) -> torch.Tensor: ...
 
 
 @dataclass(frozen=True)
 class MergeMethod:
-    """A registered method: a pure function ``(models, base, **params) -> tensor`` plus its contract.
-
-    ``models`` are the input tensors other than the base model's, in config order, already in the
-    compute dtype; per-model parameters arrive as lists aligned with ``models``.
-
-    ``elementwise`` methods give the same result applied to any contiguous flat chunk of the inputs
-    (they take ``offset``, the chunk's flat start), so the executor streams them through small,
-    cache-sized buffers. Such a method may need whole-tensor statistics first (TIES' trim
-    threshold, SLERP's angle): ``prepare(models, base, convert, scratch, **params)`` computes them from
-    the raw inputs — ``convert`` maps a raw chunk to the compute dtype, ``scratch`` lends recycled
-    buffers (``take(nbytes)`` / ``give(tensor)``) — and returns extra keyword
-    arguments for every chunk call. Called without them, the function computes them itself.
-    ``randomized`` methods receive ``key=(seed, tensor name)`` to seed their randomness.
-    """
+    """A registered method: its function, declared parameters and how it uses a base model."""
 
     name: str
     function: Callable[..., torch.Tensor]
     params: tuple[Param, ...]
     base: BaseUse
-    models_other_than_base: int | None = None  # exact count, when the method needs one
-    randomized: bool = False
+    model_count: int | None = None  # exact number of models other than the base, when the method needs it
     elementwise: bool = False
-    prepare: Callable[..., dict] | None = None
+    stats: Callable[..., Any] | None = None
+    # Parameter values for which the method returns its single input unchanged: the planner then
+    # copies the tensor's bytes instead of computing (e.g. passthrough with scale 1).
+    is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None
     summary: str = ""
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
 
+    def uses_base(self, base_model_given: bool) -> bool:
+        """Whether the base model is an input of this method (rather than only the output's template)."""
+        return self.base == "required" or (self.base == "optional" and base_model_given)
+
+    def keywords(self, params: Mapping[str, object]) -> dict[str, object]:
+        """Resolved parameters (YAML names; per-model ones as sequences) → the function's keywords."""
+        return {
+            p.python_name: list(params[p.name]) if p.per_model else params[p.name]  # type: ignore[call-overload]
+            for p in self.params
+        }
+
+    def apply(
+        self,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None,
+        params: Mapping[str, object],
+        piece: Piece,
+    ) -> torch.Tensor:
+        """One call of the method function on (a piece of) the inputs."""
+        return self.function(list(models), base, piece=piece, **self.keywords(params))
+
+    def __call__(
+        self,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None = None,
+        *,
+        name: str = "tensor",
+        seed: int = 0,
+        **params: object,
+    ) -> torch.Tensor:
+        """Whole-tensor application (stats step included) with parameters given by YAML name and
+        defaults filled in: the reference behaviour every executor path must reproduce."""
+        resolved = {p.name: params.get(p.name, p.default) for p in self.params}
+        stats = None
+        if self.stats is not None:
+            stats = self.stats(WholeInputs(list(models), base), **self.keywords(resolved))
+        return self.apply(models, base, resolved, Piece(name, seed, 0, stats))
+
+
+class WholeInputs:
+    """``TensorInputs`` over tensors already in memory and in the compute precision."""
+
+    def __init__(
+        self,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None,
+        workspace: Callable[[], torch.Tensor] | None = None,
+    ) -> None:
+        self._models = [m.reshape(-1) for m in models]
+        self._base = base.reshape(-1) if base is not None else None
+        reference = self._base if self._base is not None else self._models[0]
+        self.numel = reference.numel()
+        self.count = len(self._models)
+        self._workspace = workspace or (lambda: torch.empty_like(reference))
+
+    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
+        return self._models[index][start:stop]
+
+    def base(self, start: int, stop: int) -> torch.Tensor:
+        assert self._base is not None, "this method has no base input"
+        return self._base[start:stop]
+
+    def workspace(self) -> torch.Tensor:
+        return self._workspace()
+
 
 _METHODS: dict[str, MergeMethod] = {}
 
 
-def register(method: MergeMethod) -> MergeMethod:
-    if method.name in _METHODS:
-        raise ValueError(f"merge method {method.name!r} registered twice")
-    _METHODS[method.name] = method
-    return method
+def merge_method(
+    name: str,
+    *,
+    params: tuple[Param, ...],
+    base: BaseUse,
+    model_count: int | None = None,
+    elementwise: bool = False,
+    stats: Callable[..., Any] | None = None,
+    is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None,
+    summary: str = "",
+) -> Callable[[Callable[..., torch.Tensor]], MergeMethod]:
+    """Register the decorated function as merge method ``name``; returns the ``MergeMethod``."""
+
+    def register(function: Callable[..., torch.Tensor]) -> MergeMethod:
+        if name in _METHODS:
+            raise ValueError(f"merge method {name!r} registered twice")
+        method = MergeMethod(
+            name, function, params, base, model_count, elementwise, stats, is_identity, summary
+        )
+        _METHODS[name] = method
+        return method
+
+    return register
 
 
 def get_method(name: str) -> MergeMethod:
@@ -98,8 +220,22 @@ def all_methods() -> dict[str, MergeMethod]:
     return dict(_METHODS)
 
 
+_loaded = False
+
+
 def _load_builtin_methods() -> None:
-    from mergebench.methods import basic, passthrough, slerp, ties_dare  # noqa: F401  (they register on import)
+    """Import every module of this package once: each registers its methods, so adding a file adds
+    its methods (discovered by file, so the registry depends on no method module)."""
+    global _loaded
+    if _loaded:
+        return
+    import importlib
+    import pkgutil
+    from pathlib import Path
+
+    for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
+        importlib.import_module(f"{__package__}.{module.name}")
+    _loaded = True
 
 
 # Parameters shared by several methods, declared once.

@@ -3,11 +3,11 @@
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import MergeMethod, Param, register
+from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 
 PARALLEL_COSINE = 0.9995  # above this |cos|, the angle is too small to divide by: interpolate linearly
 NORM_EPS = 1e-8
@@ -26,53 +26,37 @@ def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[floa
     return math.sin((1.0 - t) * omega) / sin_omega, math.sin(t * omega) / sin_omega
 
 
-def slerp(
-    models: Sequence[torch.Tensor],
-    base: torch.Tensor,
-    *,
-    t: float,
-    offset: int = 0,
-    scales: tuple[float, float] | None = None,
-):
+def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
+    """The angle between the whole tensors, accumulated in float64 over slices: the scales (a, b)."""
+    dot = sq0 = sq1 = 0.0
+    for start in range(0, inputs.numel, STATS_CHUNK):
+        stop = min(start + STATS_CHUNK, inputs.numel)
+        a = inputs.base(start, stop).double()
+        b = inputs.model(0, start, stop).double()
+        dot += float(a @ b)
+        sq0 += float(a @ a)
+        sq1 += float(b @ b)
+    return slerp_scales(dot, math.sqrt(sq0), math.sqrt(sq1), t)
+
+
+@merge_method(
+    "slerp",
+    params=(Param("t", float, None, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"),),
+    base="required",
+    model_count=1,
+    elementwise=True,
+    stats=slerp_stats,
+    summary="spherical interpolation from base_model (t=0) to the other model (t=1)",
+)
+def slerp(models: Sequence[torch.Tensor], base: torch.Tensor, *, t: float, piece: Piece):
     """θ = sin((1−t)Ω)/sin Ω · θ_base + sin(tΩ)/sin Ω · θ_1, Ω the angle between the flattened tensors.
 
     t = 0 gives the base model, t = 1 the other. When the two are (nearly) parallel, or either is
     all zeros, the angle is ill-defined and the result is the linear (1−t)·θ_base + t·θ_1.
-    Angles are computed in float64. ``scales`` carries (a, b) when this runs on a chunk.
+    Angles are computed in float64 (``slerp_stats``, over the whole tensors).
     """
     (other,) = models
-    if scales is None:
-        v0, v1 = base.reshape(-1).double(), other.reshape(-1).double()
-        scales = slerp_scales(float(v0 @ v1), float(v0.norm()), float(v1.norm()), t)
-    merged = base * scales[0]
-    merged.add_(other, alpha=scales[1])
+    a, b = piece.stats
+    merged = base * a
+    merged.add_(other, alpha=b)
     return merged
-
-
-def slerp_prepare(
-    models, base, convert: Callable[[torch.Tensor], torch.Tensor], scratch, *, t: float, **_
-) -> dict:
-    """The angle between the whole tensors, accumulated chunk by chunk in float64."""
-    v0, v1 = base.reshape(-1), models[0].reshape(-1)
-    dot = sq0 = sq1 = 0.0
-    for start in range(0, v0.numel(), STATS_CHUNK):
-        a = convert(v0[start : start + STATS_CHUNK]).double()
-        b = convert(v1[start : start + STATS_CHUNK]).double()
-        dot += float(a @ b)
-        sq0 += float(a @ a)
-        sq1 += float(b @ b)
-    return {"scales": slerp_scales(dot, math.sqrt(sq0), math.sqrt(sq1), t)}
-
-
-register(
-    MergeMethod(
-        "slerp",
-        slerp,
-        (Param("t", float, None, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"),),
-        base="required",
-        models_other_than_base=1,
-        elementwise=True,
-        prepare=slerp_prepare,
-        summary="spherical interpolation from base_model (t=0) to the other model (t=1)",
-    )
-)

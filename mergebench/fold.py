@@ -1,4 +1,4 @@
-"""Adapters → base tensors: the one place where PEFT module paths become base tensor names.
+"""LoRA folding: the one place where PEFT module paths become base tensor names, and W + ΔW is computed.
 
 ``bind_adapters`` checks every module of every adapter against the base's headers (tensor exists, is a
 float matrix of the right shape, bias/magnitude shapes) before anything is read or written, and
@@ -19,10 +19,11 @@ from dataclasses import dataclass, field
 
 import torch
 
+from mergebench.architecture import WRAPPER_PREFIXES
 from mergebench.errors import AdapterError
+from mergebench.io.adapter import Adapter, LoraModule
 from mergebench.io.checkpoint import Checkpoint
 from mergebench.io.safetensors_header import TensorInfo
-from mergebench.lora.adapter import Adapter, LoraModule
 
 MAX_REPORTED = 3
 BLOCK_ELEMENTS = 1 << 18  # rows of a big matrix are updated in float32 blocks of ~1 MB (cache-sized)
@@ -81,7 +82,7 @@ def resolve_name(name: str, base_names: Mapping[str, object]) -> str | None:
     _, _, rest = name.partition(".")
     if rest and rest in base_names:
         return rest
-    for prefix in ("model", "transformer", "base_model", "language_model", "model.language_model"):
+    for prefix in WRAPPER_PREFIXES:
         if f"{prefix}.{name}" in base_names:
             return f"{prefix}.{name}"
     return None

@@ -1,6 +1,6 @@
 """Read a PEFT LoRA adapter directory: its config math and tensor names, headers only.
 
-PEFT's format is the interface (see REFERENCE.md):
+PEFT's file format is the interface:
 - ``adapter_config.json`` + ``adapter_model.safetensors`` (``adapter_model.bin`` is pickle: refused
   unless explicitly allowed);
 - keys ``base_model.model.<module path>.lora_A.weight`` (r × in) / ``.lora_B.weight`` (out × r),
@@ -23,7 +23,7 @@ from pathlib import Path
 import torch
 
 from mergebench.errors import AdapterError, CheckpointError
-from mergebench.io.checkpoint import Checkpoint, read_json, resolve_model_dir
+from mergebench.io.checkpoint import Checkpoint, open_pickled, read_json
 from mergebench.io.safetensors_header import TensorInfo, read_header
 
 ADAPTER_CONFIG = "adapter_config.json"
@@ -109,12 +109,8 @@ class Adapter:
         return any(module.bias_key for module in self.modules.values())
 
 
-def open_adapter(spec: str, *, allow_pickle: bool = False) -> Adapter:
-    """Open a PEFT LoRA adapter directory (or hub id) from its config and headers; nothing big is read."""
-    try:
-        directory = resolve_model_dir(spec)
-    except CheckpointError as exc:
-        raise AdapterError(f"adapter {exc}") from None
+def read_adapter(spec: str, directory: Path, *, allow_pickle: bool = False) -> Adapter:
+    """Open the PEFT LoRA adapter in ``directory`` from its config and headers; nothing big is read."""
     config_path = directory / ADAPTER_CONFIG
     if not config_path.is_file():
         raise AdapterError(f"{spec}: not a PEFT adapter (no {ADAPTER_CONFIG})")
@@ -135,22 +131,10 @@ def _open_weights(spec: str, directory: Path, allow_pickle: bool) -> Checkpoint:
         except CheckpointError as exc:
             raise AdapterError(str(exc)) from None
         return Checkpoint(spec, directory, infos)
-    pickled = directory / ADAPTER_PICKLE
-    if pickled.is_file():
-        if not allow_pickle:
-            raise AdapterError(
-                f"{pickled}: pickled adapter weights can run arbitrary code when loaded; "
-                "convert to safetensors or pass --allow-pickle if you trust this adapter"
-            )
-        try:
-            state = torch.load(pickled, map_location="cpu", mmap=True, weights_only=True)
-        except Exception as exc:
-            raise AdapterError(f"{pickled}: cannot load pickled weights ({exc})") from None
-        infos = {
-            key: TensorInfo(key, pickled, t.dtype, tuple(t.shape), 0, t.numel() * t.element_size())
-            for key, t in state.items()
-        }
-        return Checkpoint(spec, directory, infos, _pickled=dict(state))
+    if (directory / ADAPTER_PICKLE).is_file():
+        return open_pickled(
+            spec, directory, [ADAPTER_PICKLE], allow=allow_pickle, what="adapter weights", error=AdapterError
+        )
     raise AdapterError(f"{spec}: no {ADAPTER_WEIGHTS} (or {ADAPTER_PICKLE}) in {directory}")
 
 
