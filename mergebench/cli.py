@@ -107,6 +107,10 @@ def merge(
     from mergebench.merge import MergeOptions, run_merge
 
     config, text = load_config(config_path)
+    if eval_files:
+        from mergebench.quickeval import check_data
+
+        check_data(eval_files, eval_device)  # before merging: a bad file must not cost a whole merge
     options = MergeOptions(
         max_shard_size=max_shard_size,
         device=check_device(device),

@@ -11,7 +11,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -19,7 +19,7 @@ import torch
 from tqdm import tqdm
 
 from mergebench.io.writer import ShardedWriter
-from mergebench.methods.registry import Piece
+from mergebench.methods.registry import Piece, TensorInputs
 from mergebench.plan import Copy, Op, op_input_bytes, op_refs
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
@@ -30,31 +30,6 @@ CHUNK = 1 << 18
 def arithmetic_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
     """Math always accumulates in at least float32 (float64 when asked for)."""
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
-
-
-class _ChunkInputs:
-    """``TensorInputs`` over raw stored tensors: slices converted to the compute precision on demand."""
-
-    def __init__(
-        self,
-        models: list[torch.Tensor],
-        base: torch.Tensor | None,
-        convert: Callable[[torch.Tensor], torch.Tensor],
-        workspace: Callable[[], torch.Tensor],
-    ) -> None:
-        self._models = [t.reshape(-1) for t in models]
-        self._base = base.reshape(-1) if base is not None else None
-        self.numel = (self._base if self._base is not None else self._models[0]).numel()
-        self.count = len(models)
-        self._convert = convert
-        self.workspace = workspace
-
-    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
-        return self._convert(self._models[index][start:stop])
-
-    def base(self, start: int, stop: int) -> torch.Tensor:
-        assert self._base is not None, "this method has no base input"
-        return self._convert(self._base[start:stop])
 
 
 def run_op(
@@ -105,7 +80,7 @@ def run_op(
 
     stats = None
     if method.stats is not None:
-        inputs = _ChunkInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
+        inputs = TensorInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
         stats = method.stats(inputs, **method.keywords(op.params))
     for buffer in workspace:
         buffers.give(buffer)

@@ -118,6 +118,15 @@ def _as_paths(data: str | os.PathLike | Iterable[str | os.PathLike]) -> list[Pat
     return paths
 
 
+def check_data(
+    data_files: str | os.PathLike | Iterable[str | os.PathLike], device: str | None = "auto"
+) -> None:
+    """Everything about an evaluation that can fail before a model is loaded: the data files parse and
+    the device exists. ``merge --eval`` calls it first, so a bad file is reported before merging."""
+    _load_data(_as_paths(data_files))
+    resolve_device(device)
+
+
 def _load_data(paths: Sequence[Path]) -> dict[str, list[dict]]:
     out: dict[str, list[dict]] = {}
     for p in paths:

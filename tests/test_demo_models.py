@@ -9,10 +9,6 @@ from pathlib import Path
 
 import pytest
 
-pytest.importorskip("torch")
-pytest.importorskip("transformers")
-pytest.importorskip("peft")
-
 ROOT = Path(__file__).resolve().parents[1]
 MODELS = ("base", "skill_a", "skill_b", "marker")
 EVAL_SETS = ("reverse", "add", "upper", "marker", "text")

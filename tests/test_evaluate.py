@@ -9,16 +9,13 @@ import sys
 from pathlib import Path
 
 import pytest
+import torch
+from click.testing import CliRunner
 
-torch = pytest.importorskip("torch")
-pytest.importorskip("transformers")
-
-from click.testing import CliRunner  # noqa: E402
-
-from mergebench import quickeval as ev  # noqa: E402
-from mergebench.cli import main  # noqa: E402
-from mergebench.errors import EvalError  # noqa: E402
-from tests.conftest_demo import make_tiny_model_dir  # noqa: E402
+from mergebench import quickeval as ev
+from mergebench.cli import main
+from mergebench.errors import EvalError
+from tests.conftest_demo import make_tiny_model_dir
 
 PROMPTS = ["add: 1+2 =", "reverse: abc =", "x", "hello there", "12 + 30 =", "a.b.c", "zz", "upper: q ="]
 TEXTS = ["the cat sees a dog.", "one two three", "q", "a much longer line of text, with commas: and 123 =+"]
@@ -332,3 +329,55 @@ def test_an_eval_error_names_the_model(model_dirs, data):
             ev.evaluate_models([model_dirs[1]], [data["text"]], "cpu")
     finally:
         ev.unregister_evaluator("refuses")
+
+
+def _eval_error_case(case: str, model_dirs, data, tmp_path: Path) -> tuple[list[str], str]:
+    """(CLI arguments, fragment of the expected message) for one class of eval error."""
+    good = [str(model_dirs[0]), "--data", str(data["text"]), "--device", "cpu"]
+    if case == "bad line":
+        bad = write_jsonl(tmp_path / "bad.jsonl", ['{"text": "a"}', "{nope"])
+        return [str(model_dirs[0]), "--data", str(bad), "--device", "cpu"], f"{bad}:2: invalid JSON"
+    if case == "empty file":
+        (tmp_path / "empty.jsonl").write_text("\n\n")
+        return [str(model_dirs[0]), "--data", str(tmp_path / "empty.jsonl")], "data file is empty"
+    if case == "missing file":
+        return [str(model_dirs[0]), "--data", str(tmp_path / "nope.jsonl")], "data file not found"
+    if case == "missing model":
+        return [str(tmp_path / "no-model"), *good[1:]], "model directory not found"
+    if case == "no tokenizer":
+        bare = make_tiny_model_dir(tmp_path / "bare", with_tokenizer=False)
+        return [str(bare), *good[1:]], "no tokenizer"
+    assert case == "cuda absent"
+    return [*good[:-1], "cuda"], "CUDA is not available"
+
+
+@pytest.mark.parametrize(
+    "case", ["bad line", "empty file", "missing file", "missing model", "no tokenizer", "cuda absent"]
+)
+def test_eval_cli_errors_are_one_line_with_the_eval_exit_code(case, model_dirs, data, tmp_path):
+    if case == "cuda absent" and torch.cuda.is_available():
+        pytest.skip("this machine has CUDA")
+    args, fragment = _eval_error_case(case, model_dirs, data, tmp_path)
+    result = CliRunner().invoke(main, ["eval", *args])
+    errors = [line for line in result.output.splitlines() if line.startswith("error: ")]
+    assert result.exit_code == EvalError.exit_code, result.output
+    assert isinstance(result.exception, SystemExit) and "Traceback" not in result.output
+    assert len(errors) == 1 and fragment in errors[0], result.output
+
+
+def test_merge_with_a_bad_eval_file_fails_before_merging(model_dirs, tmp_path):
+    from tests.conftest import write_config
+
+    bad = write_jsonl(tmp_path / "bad.jsonl", ["{nope"])
+    cfg = write_config(
+        tmp_path / "cfg.yaml",
+        {
+            "merge_method": "linear",
+            "models": [{"model": str(d), "parameters": {"weight": 1.0}} for d in model_dirs],
+        },
+    )
+    out = tmp_path / "out"
+    result = CliRunner().invoke(main, ["merge", str(cfg), str(out), "--no-progress", "--eval", str(bad)])
+    assert result.exit_code == EvalError.exit_code, result.output
+    assert f"{bad}:1: invalid JSON" in result.output and "merged model written" not in result.output
+    assert not out.exists() and sorted(p.name for p in tmp_path.iterdir()) == ["bad.jsonl", "cfg.yaml"]

@@ -6,14 +6,13 @@ import json
 import re
 from pathlib import Path
 
+import peft
 import pytest
 import torch
+import transformers
 from click.testing import CliRunner
 
 from tests.conftest import assert_clean_failure, save_model, tiny_llama_config
-
-peft = pytest.importorskip("peft")
-transformers = pytest.importorskip("transformers")
 
 ATOL = 1e-5
 

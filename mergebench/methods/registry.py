@@ -25,7 +25,7 @@ import keyword
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal, Protocol
+from typing import Any, Literal
 
 import torch
 
@@ -76,21 +76,35 @@ class Piece:
     stats: Any = None  # the method's ``stats`` result for the whole tensor
 
 
-class TensorInputs(Protocol):
+class TensorInputs:
     """A stats step's view of one output tensor's whole inputs, read in the compute precision.
 
-    Slices are converted on demand, so a stats step can walk a tensor of any size in small pieces;
-    ``workspace`` lends one tensor-sized scratch buffer (recycled by the executor).
+    ``convert`` maps a slice of a stored tensor to the compute precision (identity when the tensors are
+    already converted), so a stats step can walk a tensor of any size in small slices; ``workspace()``
+    lends one tensor-sized scratch buffer (the executor recycles it).
     """
 
-    numel: int
-    count: int  # number of models other than the base
+    def __init__(
+        self,
+        models: Sequence[torch.Tensor],
+        base: torch.Tensor | None,
+        convert: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor,
+        workspace: Callable[[], torch.Tensor] | None = None,
+    ) -> None:
+        self._models = [m.reshape(-1) for m in models]
+        self._base = base.reshape(-1) if base is not None else None
+        reference = self._base if self._base is not None else self._models[0]
+        self.numel = reference.numel()
+        self.count = len(self._models)
+        self._convert = convert
+        self.workspace = workspace or (lambda: torch.empty_like(reference))
 
-    def model(self, index: int, start: int, stop: int) -> torch.Tensor: ...
+    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
+        return self._convert(self._models[index][start:stop])
 
-    def base(self, start: int, stop: int) -> torch.Tensor: ...
-
-    def workspace(self) -> torch.Tensor: ...
+    def base(self, start: int, stop: int) -> torch.Tensor:
+        assert self._base is not None, "this method has no base input"
+        return self._convert(self._base[start:stop])
 
 
 @dataclass(frozen=True)
@@ -147,35 +161,8 @@ class MergeMethod:
         resolved = {p.name: params.get(p.name, p.default) for p in self.params}
         stats = None
         if self.stats is not None:
-            stats = self.stats(WholeInputs(list(models), base), **self.keywords(resolved))
+            stats = self.stats(TensorInputs(models, base), **self.keywords(resolved))
         return self.apply(models, base, resolved, Piece(name, seed, 0, stats))
-
-
-class WholeInputs:
-    """``TensorInputs`` over tensors already in memory and in the compute precision."""
-
-    def __init__(
-        self,
-        models: Sequence[torch.Tensor],
-        base: torch.Tensor | None,
-        workspace: Callable[[], torch.Tensor] | None = None,
-    ) -> None:
-        self._models = [m.reshape(-1) for m in models]
-        self._base = base.reshape(-1) if base is not None else None
-        reference = self._base if self._base is not None else self._models[0]
-        self.numel = reference.numel()
-        self.count = len(self._models)
-        self._workspace = workspace or (lambda: torch.empty_like(reference))
-
-    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
-        return self._models[index][start:stop]
-
-    def base(self, start: int, stop: int) -> torch.Tensor:
-        assert self._base is not None, "this method has no base input"
-        return self._base[start:stop]
-
-    def workspace(self) -> torch.Tensor:
-        return self._workspace()
 
 
 _METHODS: dict[str, MergeMethod] = {}
