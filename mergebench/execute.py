@@ -84,7 +84,7 @@ def run_op(
         stats = method.stats(inputs, **method.keywords(op.params))
     for buffer in workspace:
         buffers.give(buffer)
-    piece = Piece(op.output.name, op.seed, 0, stats)
+    piece = Piece(op.output.name, op.seed, 0, stats, op.output.shape)
     if not chunked:
         return method.apply(models, base, op.params, piece).to(dtype=op.output.dtype).cpu()
     flats = [t.reshape(-1) for t in ([base] if base is not None else []) + models]

@@ -74,6 +74,7 @@ class Piece:
     seed: int = 0
     offset: int = 0  # flat index of the first entry (0 for a whole tensor)
     stats: Any = None  # the method's ``stats`` result for the whole tensor
+    shape: tuple[int, ...] = ()  # the whole tensor's shape (a chunk is a flat slice of it)
 
 
 class TensorInputs:
@@ -162,7 +163,8 @@ class MergeMethod:
         stats = None
         if self.stats is not None:
             stats = self.stats(TensorInputs(models, base), **self.keywords(resolved))
-        return self.apply(models, base, resolved, Piece(name, seed, 0, stats))
+        shape = tuple((base if base is not None else models[0]).shape)
+        return self.apply(models, base, resolved, Piece(name, seed, 0, stats, shape))
 
 
 _METHODS: dict[str, MergeMethod] = {}
