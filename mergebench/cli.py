@@ -90,6 +90,13 @@ main.add_command(lora_group)
     help="After merging, quick-evaluate the output and its inputs on this JSONL file (repeatable).",
 )
 @click.option("--eval-device", type=click.Choice(["auto", "cuda", "cpu"]), default="auto", show_default=True)
+@click.option("--stage", default=None, help="Multi-stage recipe: build only this stage (and those it uses).")
+@click.option(
+    "--intermediate-dir",
+    type=click.Path(file_okay=False, path_type=Path),
+    default=None,
+    help="Multi-stage recipe: where stages before the last are written and reused (default: OUT-stages).",
+)
 def merge(
     config_path,
     out,
@@ -101,12 +108,24 @@ def merge(
     no_progress,
     eval_files,
     eval_device,
+    stage,
+    intermediate_dir,
 ):
-    """Merge the models of CONFIG (mergekit-style YAML) into the directory OUT."""
-    from mergebench.config import load_config
-    from mergebench.merge import MergeOptions, run_merge
+    """Merge the models of CONFIG (mergekit-style YAML) into the directory OUT.
 
-    config, text = load_config(config_path)
+    CONFIG may be a multi-stage recipe (mergekit-multi's format: several YAML documents, each with a
+    ``name``, later stages naming earlier ones as models); unchanged stages are reused.
+    """
+    from mergebench.config import load_yaml_documents, parse_config
+    from mergebench.pipeline import MergeOptions, run_merge
+    from mergebench.stages import is_recipe
+
+    documents, text = load_yaml_documents(config_path)
+    recipe = is_recipe(documents)
+    if not recipe:
+        if stage is not None:
+            raise ConfigError("--stage: CONFIG is a single merge, not a multi-stage recipe")
+        config = parse_config(documents[0] if documents else None, source=str(config_path))
     if eval_files:
         from mergebench.quickeval import check_data
 
@@ -119,13 +138,27 @@ def merge(
         progress=not no_progress,
         seed=seed,
     )
-    result = run_merge(config, text, out, options)
-    click.echo(f"merged model written to {result}")
-    if eval_files:
+    if recipe:
+        from mergebench.stages import read_stages, run_recipe
+
+        stages = read_stages(documents, str(config_path))
+        runs = run_recipe(
+            stages,
+            out,
+            intermediate_dir or out.with_name(f"{out.name}-stages"),
+            options,
+            only=stage,
+            log=lambda line: click.echo(line, err=True),
+        )
+        result, models = runs[-1].path, [str(run.path) for run in runs[:-1]]
+    else:
         from mergebench.sources import is_plain_model
 
-        models = [spec for spec in config.model_specs() if is_plain_model(spec)] + [str(result)]
-        evaluate_and_print(models, [str(f) for f in eval_files], eval_device)
+        result = run_merge(config, text, out, options)
+        models = [spec for spec in config.model_specs() if is_plain_model(spec)]
+    click.echo(f"merged model written to {result}")
+    if eval_files:
+        evaluate_and_print([*models, str(result)], [str(f) for f in eval_files], eval_device)
 
 
 @main.command()
@@ -135,7 +168,7 @@ def validate(config_path, allow_pickle):
     """Check CONFIG against the models' headers only: every problem is reported in seconds."""
     from mergebench.config import load_config
     from mergebench.io.writer import human_bytes
-    from mergebench.plan import Merge, plan_merge
+    from mergebench.planner import Merge, plan_merge
 
     config, _ = load_config(config_path)
     plan = plan_merge(config, allow_pickle=allow_pickle)
@@ -144,6 +177,21 @@ def validate(config_path, allow_pickle):
         f"ok: {len(plan.ops)} output tensors ({merged} merged, {len(plan.ops) - merged} copied), "
         f"{human_bytes(plan.output_bytes)} to write from {human_bytes(plan.input_bytes)} of inputs"
     )
+
+
+@main.command()
+def methods():
+    """List every merge method: its formula, how it uses base_model, its parameters and defaults."""
+    from mergebench.methods import all_methods
+
+    for name, method in sorted(all_methods().items()):
+        params = []
+        for param in method.params:
+            default = "required" if param.default is None else str(param.default).lower()
+            params.append(f"{param.name} ({'per model, ' if param.per_model else ''}{default})")
+        count = f", {method.model_count} model(s) besides the base" if method.model_count else ""
+        click.echo(f"{name}: {method.summary}")
+        click.echo(f"    base_model: {method.base}{count}; parameters: {', '.join(params) or 'none'}")
 
 
 @main.command()

@@ -47,10 +47,16 @@ class SliceSource(_Strict):
 
 
 class SliceEntry(_Strict):
-    """One output slice: its sources (all spanning the same number of layers) and parameters."""
+    """One output slice: its sources (all spanning the same number of layers) and parameters.
+
+    ``base_model`` overrides the global one for this slice (mergekit's key). ``residual_weight`` is
+    accepted because mergekit's schema has it; mergekit 0.1.5 never uses it, and neither do we.
+    """
 
     sources: list[SliceSource] = Field(min_length=1)
     parameters: dict[str, Any] = Field(default_factory=dict)
+    base_model: str | None = None
+    residual_weight: float | None = None
 
 
 class NonLayerSource(_Strict):
@@ -113,6 +119,7 @@ class MergeConfig(_Strict):
             names.append(entry.model)
         for slice_ in self.slices or []:
             names.extend(source.model for source in slice_.sources)
+            names.extend([slice_.base_model] if slice_.base_model else [])
         if self.non_layer_source is not None:
             names.extend(m for m in (self.non_layer_source.before, self.non_layer_source.after) if m)
         return list(dict.fromkeys(names))
@@ -123,28 +130,47 @@ class MergeConfig(_Strict):
         return (value.before, value.after) if value is not None else (None, None)
 
 
+def slice_base(config: MergeConfig, slice_: SliceEntry) -> str | None:
+    """The base model of one slice: its own ``base_model``, else the config's."""
+    return slice_.base_model or config.base_model
+
+
 def base_index(config: MergeConfig, slice_: SliceEntry) -> int | None:
     """Which source of a slice is the base model's, when the method uses one (else None)."""
-    if config.base_model is None or not config.method.uses_base(True):
+    base = slice_base(config, slice_)
+    if base is None or not config.method.uses_base(True):
         return None
-    return next((j for j, source in enumerate(slice_.sources) if source.model == config.base_model), None)
+    return next((j for j, source in enumerate(slice_.sources) if source.model == base), None)
 
 
-def load_config(path: str | Path) -> tuple[MergeConfig, str]:
-    """Read, parse and validate a YAML config; returns it with the exact text (for the model card)."""
+def load_yaml_documents(path: str | Path) -> tuple[list[object], str]:
+    """The YAML documents of a config (one) or a multi-stage recipe (several), and the file's text."""
     path = Path(path)
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as exc:
         raise ConfigError(f"{path}: cannot read config ({exc.strerror})") from None
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a config is a YAML file") from None
     try:
-        data = yaml.safe_load(text)
+        documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark is not None else ""
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
-    return parse_config(data, source=str(path)), text
+    return documents, text
+
+
+def load_config(path: str | Path) -> tuple[MergeConfig, str]:
+    """Read, parse and validate a one-document YAML config; returns it with the exact text (for the
+    model card)."""
+    documents, text = load_yaml_documents(path)
+    if len(documents) > 1:
+        raise ConfigError(
+            f"{path}: holds {len(documents)} YAML documents; a multi-stage recipe is run by `merge`"
+        )
+    return parse_config(documents[0] if documents else None, source=str(path)), text
 
 
 def parse_config(data: object, source: str = "config") -> MergeConfig:
@@ -208,7 +234,12 @@ def _method_problems(config: MergeConfig) -> Iterator[str]:
         return
     if config.non_layer_source is not None and config.slices is None:
         yield "non_layer_source: only applies to 'slices' configs"
-    if method.base == "required" and not config.base_model:
+    slices_without_base = [s for s in config.slices or [] if not s.base_model]
+    if (
+        method.base == "required"
+        and not config.base_model
+        and (config.models is not None or slices_without_base)
+    ):
         yield f"base_model: required by merge_method {method.name!r}"
     yield from _param_problems(method, config.parameters, "parameters", model_level=False)
     for i, entry in enumerate(config.models or []):
@@ -277,10 +308,11 @@ def _slice_problems(method: MergeMethod, config: MergeConfig, i: int, slice_: Sl
                 )
     base = base_index(config, slice_)
     if method.base == "required" and base is None:
-        yield (
-            f"{where}.sources: merge_method {method.name!r} needs base_model "
-            f"{config.base_model!r} among each slice's sources"
-        )
+        if slice_base(config, slice_) is not None:
+            yield (
+                f"{where}.sources: merge_method {method.name!r} needs base_model "
+                f"{slice_base(config, slice_)!r} among each slice's sources"
+            )
         return
     others = len(slice_.sources) - (1 if base is not None else 0)
     expected = method.model_count

@@ -20,7 +20,7 @@ from tqdm import tqdm
 
 from mergebench.io.writer import ShardedWriter
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.plan import Copy, Op, op_input_bytes, op_refs
+from mergebench.planner import Copy, Op, op_input_bytes, op_refs
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.

@@ -15,7 +15,7 @@ from mergebench.errors import ConfigError
 from mergebench.execute import execute_plan
 from mergebench.io.model_files import copy_side_files, write_config, write_model_card
 from mergebench.io.writer import OutputDirectory, ShardedWriter, check_output_target, parse_size
-from mergebench.plan import MergePlan
+from mergebench.planner import MergePlan
 
 
 @dataclass(frozen=True)

@@ -8,7 +8,7 @@ import torch
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
 from mergebench.methods import get_method
-from mergebench.plan import Merge
+from mergebench.planner import Merge
 
 PARAMS = {
     "linear": ({"weight": (0.3, 0.9)}, {"normalize": True}),

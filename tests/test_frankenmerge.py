@@ -687,8 +687,8 @@ def write_sparse_llama_70b(directory: Path, layers_per_shard: int = 5) -> None:
 
 def test_plan_70b_shaped_frankenmerge_from_headers_only(tmp_path, monkeypatch):
     from mergebench.config import parse_config
-    from mergebench.merge import plan_merge
-    from mergebench.plan import Copy
+    from mergebench.pipeline import plan_merge
+    from mergebench.planner import Copy
 
     model = tmp_path / "llama70b"
     write_sparse_llama_70b(model)

@@ -71,10 +71,32 @@ def configs(family) -> dict[str, dict]:
             "parameters": {"t": [0.1, 0.9]},
             **NUMERICS,
         },
+        "slerp_slices_own_base": {
+            "merge_method": "slerp",
+            "base_model": base,
+            "slices": [
+                {
+                    "base_model": ft1,  # this slice interpolates from ft1, the next from the global base
+                    "sources": [
+                        {"model": ft1, "layer_range": [0, 2]},
+                        {"model": ft2, "layer_range": [0, 2]},
+                    ],
+                    "residual_weight": 0.5,  # in mergekit's schema, used by neither tool
+                },
+                {
+                    "sources": [
+                        {"model": base, "layer_range": [2, 3]},
+                        {"model": ft3, "layer_range": [2, 3]},
+                    ]
+                },
+            ],
+            "parameters": {"t": 0.4},
+            **NUMERICS,
+        },
     }
 
 
-CASES = ["linear", "task_arithmetic", "slerp", "passthrough_slices", "slerp_slices"]
+CASES = ["linear", "task_arithmetic", "slerp", "passthrough_slices", "slerp_slices", "slerp_slices_own_base"]
 
 
 @pytest.mark.parametrize("case", CASES)

@@ -15,7 +15,7 @@ import torch
 from mergebench.dtypes import dtype_name
 from mergebench.errors import ConfigError
 from mergebench.io.writer import TensorSpec
-from mergebench.plan import Copy, MergePlan
+from mergebench.planner import Copy, MergePlan
 from mergebench.publish import Execution, ModelCard, OutputTarget, publish_model
 from mergebench.sources import open_folded
 
