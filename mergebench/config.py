@@ -124,6 +124,40 @@ class MergeConfig(_Strict):
             names.extend(m for m in (self.non_layer_source.before, self.non_layer_source.after) if m)
         return list(dict.fromkeys(names))
 
+    def model_locations(self) -> dict[str, str]:
+        """Each distinct model string → the key path where the config first names it (for messages)."""
+        places = [("base_model", self.base_model)] if self.base_model else []
+        places += [(f"models[{i}].model", entry.model) for i, entry in enumerate(self.models or [])]
+        for i, slice_ in enumerate(self.slices or []):
+            places += [(f"slices[{i}].sources[{j}].model", s.model) for j, s in enumerate(slice_.sources)]
+            places += [(f"slices[{i}].base_model", slice_.base_model)] if slice_.base_model else []
+        before, after = self.non_layer_models()
+        places += [("non_layer_source.before", before), ("non_layer_source.after", after)]
+        locations: dict[str, str] = {}
+        for where, spec in places:
+            if spec is not None:
+                locations.setdefault(spec, where)
+        return locations
+
+    def parameter_filters(self) -> list[tuple[str, str]]:
+        """Every ``filter`` of every parameter value, with its key path (a filter matching nothing is a
+        mistake: usually a typo, or a name from another architecture)."""
+        levels = [("parameters", self.parameters)]
+        levels += [(f"models[{i}].parameters", e.parameters) for i, e in enumerate(self.models or [])]
+        for i, slice_ in enumerate(self.slices or []):
+            levels.append((f"slices[{i}].parameters", slice_.parameters))
+            levels += [
+                (f"slices[{i}].sources[{j}].parameters", s.parameters) for j, s in enumerate(slice_.sources)
+            ]
+        found = []
+        for where, params in levels:
+            for name, value in params.items():
+                if isinstance(value, list):
+                    for k, item in enumerate(value):
+                        if isinstance(item, dict) and isinstance(item.get("filter"), str):
+                            found.append((f"{where}.{name}[{k}].filter", item["filter"]))
+        return found
+
     def non_layer_models(self) -> tuple[str | None, str | None]:
         """The explicit (before, after) non-layer source models of a slices config, None where unset."""
         value = self.non_layer_source
@@ -153,6 +187,7 @@ def load_yaml_documents(path: str | Path) -> tuple[list[object], str]:
     except UnicodeDecodeError as exc:
         raise ConfigError(f"{path}: not UTF-8 text (byte {exc.start}): a config is a YAML file") from None
     try:
+        _check_expansion(path, text)
         documents = [doc for doc in yaml.safe_load_all(text) if doc is not None]
     except yaml.YAMLError as exc:
         mark = getattr(exc, "problem_mark", None)
@@ -160,6 +195,35 @@ def load_yaml_documents(path: str | Path) -> tuple[list[object], str]:
         problem = getattr(exc, "problem", None) or "invalid YAML"
         raise ConfigError(f"{path}: invalid YAML{where}: {problem}") from None
     return documents, text
+
+
+MAX_EXPANDED_NODES = 200_000  # a real recipe has hundreds; alias bombs reach billions
+
+
+def _check_expansion(path: Path, text: str) -> None:
+    """Refuse YAML whose aliases expand to more than MAX_EXPANDED_NODES values ("billion laughs"):
+    loading shares aliased objects, but validating walks every expanded value. The expanded size is
+    counted on the node graph, each node once, so the check itself stays linear."""
+    sizes: dict[int, int] = {}
+
+    def expanded(node: yaml.Node) -> int:
+        key = id(node)
+        if key not in sizes:
+            sizes[key] = 0  # a recursive alias counts once (and pydantic will reject the cycle)
+            if isinstance(node, yaml.SequenceNode):
+                children = node.value
+            elif isinstance(node, yaml.MappingNode):
+                children = [item for pair in node.value for item in pair]
+            else:
+                children = []
+            sizes[key] = 1 + sum(expanded(child) for child in children)
+        return sizes[key]
+
+    for document in yaml.compose_all(text, Loader=yaml.SafeLoader):
+        if document is not None and expanded(document) > MAX_EXPANDED_NODES:
+            raise ConfigError(
+                f"{path}: YAML aliases expand to more than {MAX_EXPANDED_NODES:,} values; refusing to load"
+            )
 
 
 def load_config(path: str | Path) -> tuple[MergeConfig, str]:
@@ -258,6 +322,11 @@ def _models_problems(method: MergeMethod, config: MergeConfig) -> Iterator[str]:
     if not listed:
         yield "models: at least one model is required"
         return
+    first: dict[str, int] = {}
+    for i, entry in enumerate(config.models or []):
+        j = first.setdefault(entry.model, i)
+        if j != i and (config.models or [])[j].parameters != entry.parameters:
+            yield f"models[{i}].model: {entry.model!r} is already models[{j}], with other parameters; list it once"
     uses_base = method.uses_base(config.base_model is not None)
     others = [m for m in dict.fromkeys(listed) if not (uses_base and m == config.base_model)]
     expected = method.model_count

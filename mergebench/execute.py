@@ -11,16 +11,17 @@ import os
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
 import torch
 from tqdm import tqdm
 
+from mergebench.errors import CheckpointError
 from mergebench.io.writer import ShardedWriter
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.planner import Copy, Op, op_input_bytes, op_refs
+from mergebench.planner import Copy, Merge, Op, op_input_bytes, op_refs
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
@@ -78,6 +79,8 @@ def run_op(
         workspace.append(buffers.take(reference.numel() * arith.itemsize))
         return workspace[-1].view(arith)
 
+    if method.stats is not None or not method.elementwise:
+        _require_finite(op, [base] if base is not None else [], models)
     stats = None
     if method.stats is not None:
         inputs = TensorInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
@@ -99,6 +102,24 @@ def run_op(
         )
         flat_out[start : start + CHUNK] = part
     return out
+
+
+FINITE_CHECK_CHUNK = 1 << 20
+
+
+def _require_finite(op: Merge, bases: list[torch.Tensor], models: list[torch.Tensor]) -> None:
+    """Methods that combine whole tensors (a stats step, or not elementwise) refuse NaN and Inf inputs:
+    one such value would make the whole tensor's statistics — and so every entry — undefined.
+    Elementwise methods keep a non-finite value in its own entry, as plain float arithmetic does."""
+    for item, tensor in zip(op.inputs, [*bases, *models], strict=True):
+        flat = tensor.reshape(-1)
+        for start in range(0, flat.numel(), FINITE_CHECK_CHUNK):
+            if not bool(torch.isfinite(flat[start : start + FINITE_CHECK_CHUNK]).all()):
+                ref = item.refs[0]
+                raise CheckpointError(
+                    f"tensor {ref.name!r} of {ref.checkpoint.spec} holds NaN or Inf values; "
+                    f"{op.method.name} needs finite weights (its whole-tensor statistics would be undefined)"
+                )
 
 
 class BufferPool:
@@ -167,13 +188,18 @@ def execute_plan(
     readahead: int = 2,
     readahead_bytes: int = 384 << 20,
     workers: int | None = None,
+    skip: Collection[int] = (),
 ) -> None:
-    """Compute every op into ``writer``, in order.
+    """Compute every op into ``writer``, in order, except the ops at the indices in ``skip`` (results
+    an interrupted run already wrote: ``--resume``).
 
     ``workers`` ops are computed at once, and the inputs of up to ``readahead`` more (about
     ``readahead_bytes`` in all) are read ahead; results are written strictly in order. An
     op's result may be one of its input tensors (modified in place).
     """
+    if skip:
+        skipped = set(skip)
+        ops = [op for index, op in enumerate(ops) if index not in skipped]
     workers = workers or default_workers(device)
     bar = tqdm(
         total=sum(op.output.nbytes for op in ops),

@@ -16,6 +16,7 @@ import torch
 
 from mergebench.architecture import VOCAB_TENSOR
 from mergebench.config import MergeConfig, Scalar, resolve_value
+from mergebench.errors import MergebenchError
 from mergebench.inputs import Input, TensorRef
 from mergebench.io.writer import TensorSpec
 from mergebench.mapping import Mapping, Operand, Problems, TensorMapping, map_tensors
@@ -98,8 +99,14 @@ class MergePlan:
 
 
 def open_sources(config: MergeConfig, *, allow_pickle: bool = False) -> dict[str, Source]:
-    """Open every model the config names (headers only)."""
-    return {spec: open_source(spec, allow_pickle=allow_pickle) for spec in config.model_specs()}
+    """Open every model the config names (headers only); a failure names the config key."""
+    sources = {}
+    for spec, where in config.model_locations().items():
+        try:
+            sources[spec] = open_source(spec, allow_pickle=allow_pickle)
+        except MergebenchError as exc:
+            raise type(exc)("\n".join(f"{where}: {line}" for line in str(exc).splitlines())) from None
+    return sources
 
 
 def config_local_paths(config: MergeConfig) -> list[Path]:
@@ -113,6 +120,10 @@ def plan_merge(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
     problems = Problems()
     mapping = map_tensors(config, sources, problems)
     ops = [op for tensor in mapping.tensors if (op := _plan_tensor(config, mapping, tensor, problems))]
+    names = [tensor.output for tensor in mapping.tensors]
+    for where, pattern in config.parameter_filters():
+        if not any(pattern in name for name in names):
+            problems.add(f"{where}: filter {pattern!r} matches no tensor of the output")
     problems.raise_if_any()
     return MergePlan(
         ops,

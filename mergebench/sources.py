@@ -85,7 +85,8 @@ def _hub_snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
     except Exception as exc:
         first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{spec}: not a local directory, not in the Hugging Face cache, and download failed ({first_line})"
+            f"{spec}: no local directory of that name; tried as a Hugging Face hub id: not in the cache, "
+            f"and download failed ({first_line})"
         ) from None
 
 

@@ -7,6 +7,7 @@ through the same path as every merge.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -15,6 +16,7 @@ import torch
 from mergebench.dtypes import dtype_name
 from mergebench.errors import ConfigError
 from mergebench.io.writer import TensorSpec
+from mergebench.methods.registry import FLOAT32_MAX
 from mergebench.planner import Copy, MergePlan
 from mergebench.publish import Execution, ModelCard, OutputTarget, publish_model
 from mergebench.sources import open_folded
@@ -30,6 +32,8 @@ def parse_weights(text: str | None, count: int) -> list[float]:
         raise ConfigError(f"--weights: {text!r} is not a comma-separated list of numbers") from None
     if len(weights) != count:
         raise ConfigError(f"--weights: {len(weights)} weights given for {count} adapters")
+    if not all(math.isfinite(weight) and abs(weight) <= FLOAT32_MAX for weight in weights):
+        raise ConfigError(f"--weights: {text!r}: every weight must be a finite number within float32's range")
     return weights
 
 

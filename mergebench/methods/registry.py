@@ -32,6 +32,7 @@ import torch
 from mergebench.errors import ConfigError
 
 Scalar = float | int | bool
+FLOAT32_MAX = 3.4028234663852886e38  # arithmetic runs in float32: a larger parameter would become inf
 
 
 @dataclass(frozen=True)
@@ -59,6 +60,8 @@ class Param:
             return
         if isinstance(value, bool) or not isinstance(value, (int, float)):
             raise ConfigError(f"{where}: expected a number, got {value!r}")
+        if not abs(float(value)) <= FLOAT32_MAX:  # also catches nan
+            raise ConfigError(f"{where}: must be a finite number within float32's range, got {value!r}")
         if not self.valid(float(value)):
             raise ConfigError(f"{where}: must be {self.expect}, got {value!r}")
 
