@@ -65,7 +65,7 @@ main.add_command(lora_group)
 
 @main.command()
 @click.argument("config_path", metavar="CONFIG", type=click.Path(dir_okay=False, path_type=Path))
-@click.argument("out", type=click.Path(file_okay=False, path_type=Path))
+@click.argument("out", type=click.Path(path_type=Path))  # an existing file: OutputError (exit 5), not usage
 @click.option(
     "--max-shard-size", default="5GB", show_default=True, help="Largest output shard (e.g. 5GB, 500MB)."
 )
@@ -78,6 +78,11 @@ main.add_command(lora_group)
 )
 @click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
+@click.option(
+    "--resume",
+    is_flag=True,
+    help="Keep the verified shards of a killed run into OUT (same config) and finish it.",
+)
 @click.option(
     "--allow-pickle", is_flag=True, help="Allow loading pickled .bin weights (runs code from the file!)."
 )
@@ -104,6 +109,7 @@ def merge(
     device,
     seed,
     overwrite,
+    resume,
     allow_pickle,
     no_progress,
     eval_files,
@@ -137,6 +143,7 @@ def merge(
         allow_pickle=allow_pickle,
         progress=not no_progress,
         seed=seed,
+        resume=resume,
     )
     if recipe:
         from mergebench.stages import read_stages, run_recipe
@@ -156,6 +163,11 @@ def merge(
 
         result = run_merge(config, text, out, options)
         models = [spec for spec in config.model_specs() if is_plain_model(spec)]
+        for spec in config.model_specs():
+            if eval_files and not is_plain_model(spec):
+                click.echo(
+                    f"warning: {spec} is not evaluated: fold it with `mergebench lora merge` first", err=True
+                )
     click.echo(f"merged model written to {result}")
     if eval_files:
         evaluate_and_print([*models, str(result)], [str(f) for f in eval_files], eval_device)
@@ -204,8 +216,12 @@ def inspect(model, allow_pickle, show_tensors):
 
     from mergebench.architecture import layer_count
     from mergebench.dtypes import dtype_name
+    from mergebench.io.adapter import ADAPTER_CONFIG
     from mergebench.sources import open_checkpoint
 
+    if (Path(model) / ADAPTER_CONFIG).is_file():
+        _inspect_adapter(model, allow_pickle, show_tensors)
+        return
     checkpoint = open_checkpoint(model, allow_pickle=allow_pickle)
     infos = checkpoint.tensors.values()
     dtypes = Counter(dtype_name(info.dtype) for info in infos)
@@ -220,6 +236,28 @@ def inspect(model, allow_pickle, show_tensors):
     click.echo("  dtypes: " + ", ".join(f"{name} ×{count}" for name, count in sorted(dtypes.items())))
     if show_tensors:
         for info in infos:
+            click.echo(f"  {info.name}  {list(info.shape)}  {dtype_name(info.dtype)}")
+
+
+def _inspect_adapter(spec: str, allow_pickle: bool, show_tensors: bool) -> None:
+    """A PEFT adapter directory: its kind, base, ranks and targets, from config and headers."""
+    from mergebench.dtypes import dtype_name
+    from mergebench.sources import open_adapter
+
+    adapter = open_adapter(spec, allow_pickle=allow_pickle)
+    ranks = sorted({module.rank for module in adapter.modules.values()})
+    kinds = "DoRA" if adapter.uses_dora else "LoRA"
+    click.echo(
+        f"{adapter.path}: PEFT {kinds} adapter for {adapter.config.get('base_model_name_or_path') or 'an unnamed base'}, "
+        f"{len(adapter.modules)} modules, rank {'/'.join(map(str, ranks)) or '-'}, "
+        f"alpha {adapter.config.get('lora_alpha')}{' (rsLoRA)' if adapter.config.get('use_rslora') else ''}"
+    )
+    targets = sorted({path.rsplit(".", 1)[-1] for path in adapter.modules})
+    click.echo(
+        f"  targets: {', '.join(targets) or '-'}; saved whole: {', '.join(sorted(adapter.replacements)) or '-'}"
+    )
+    if show_tensors:
+        for info in adapter.weights.tensors.values():
             click.echo(f"  {info.name}  {list(info.shape)}  {dtype_name(info.dtype)}")
 
 

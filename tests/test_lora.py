@@ -386,3 +386,15 @@ def test_pattern_key_matches_peft():
     ]:
         ours = get_pattern_key(patterns.keys(), path)
         assert (ours if ours is not None else path) == peft_key(list(patterns), path)
+
+
+def test_inspect_summarises_an_adapter(adapters):
+    from tests.conftest import run_cli
+
+    result = run_cli("inspect", adapters["dora"], "--tensors")
+    assert result.exit_code == 0, result.output
+    first, targets = result.output.splitlines()[:2]
+    config = json.loads((adapters["dora"] / "adapter_config.json").read_text())
+    assert "PEFT DoRA adapter" in first and f"rank {config['r']}" in first and "unknown" not in first
+    assert all(name in targets for name in config["target_modules"])
+    assert "lora_magnitude_vector" in result.output

@@ -12,3 +12,4 @@ out=outputs/$(basename "$config" .yaml)
 .venv/bin/mergebench merge "$config" "$out" --overwrite \
   --eval demo_models/eval/reverse.jsonl --eval demo_models/eval/add.jsonl --eval demo_models/eval/upper.jsonl
 echo "merged model: $out"
+echo "to run mergebench yourself: source .venv/bin/activate   (then: mergebench --help)"
