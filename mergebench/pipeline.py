@@ -29,6 +29,7 @@ class MergeOptions:
     progress: bool = True
     seed: int | None = None
     readahead: int = 2
+    resume: bool = False  # keep the verified shards of a killed run into the same output
 
 
 def run_merge(config: MergeConfig, config_text: str, out: str | Path, options: MergeOptions) -> Path:
