@@ -342,6 +342,8 @@ def _models_problems(method: MergeMethod, config: MergeConfig) -> Iterator[str]:
             yield f"models: merge_method {method.name!r} takes exactly {expected} model(s), got {len(others)}{hint}"
     if method.base == "required" and not others:
         yield f"models: merge_method {method.name!r} needs a model other than base_model"
+    elif expected is None and len(others) < method.min_models:
+        yield f"models: merge_method {method.name!r} needs at least {method.min_models} models besides base_model, got {len(others)}"
     models = [
         (f"models[{i}]", entry.parameters)
         for i, entry in enumerate(config.models or [])
@@ -398,6 +400,8 @@ def _slice_problems(method: MergeMethod, config: MergeConfig, i: int, slice_: Sl
             )
     if method.base == "required" and others == 0:
         yield f"{where}.sources: merge_method {method.name!r} needs a source other than base_model"
+    elif expected is None and others < method.min_models:
+        yield f"{where}.sources: merge_method {method.name!r} needs at least {method.min_models} sources besides base_model, got {others}"
     models = [(f"{where}.sources[{j}]", s.parameters) for j, s in enumerate(slice_.sources) if j != base]
     yield from _required_problems(
         method, [config.parameters, slice_.parameters], f"{where}.parameters", models

@@ -190,9 +190,17 @@ def resolve_params(method: MergeMethod, tensor: TensorMapping, problems: Problem
                 problems.add(f"tensor {tensor.output!r}: no value of {param.name!r} applies")
             params[param.name] = value
     weights = params.get("weight")
-    if params.get("normalize") and isinstance(weights, tuple) and None not in weights and sum(weights) == 0:
-        problems.add(f"tensor {tensor.output!r}: weights sum to 0, cannot normalize (set normalize: false)")
+    if method.check is not None and not any(value is None for value in _flat(params.values())):
+        for line in method.check(params):
+            problems.add(f"tensor {tensor.output!r}: {line}")
+    for flag in ("normalize", "normalize_weights"):
+        if params.get(flag) and isinstance(weights, tuple) and None not in weights and sum(weights) == 0:
+            problems.add(f"tensor {tensor.output!r}: weights sum to 0, cannot normalize (set {flag}: false)")
     return params
+
+
+def _flat(values) -> list[object]:
+    return [item for value in values for item in (value if isinstance(value, tuple) else (value,))]
 
 
 def _first_value(

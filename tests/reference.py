@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import math
+from fractions import Fraction
 
 import numpy as np
 
@@ -21,10 +22,11 @@ def task_arithmetic(base, models, weights, lam=1.0, normalize=False):
 
 
 def trim_top_k(tau, density):
-    """Keep the round(density·n) largest |τ| entries; equal magnitudes: lower flat index first."""
+    """Keep the max(1, ⌊density·n⌋) largest |τ| entries (mergekit's count, with density read as the
+    decimal written: 0.29·100 → 29); equal magnitudes: lower flat index first."""
     flat = tau.ravel()
     n = flat.size
-    k = n if density >= 1 else min(n, int(math.floor(density * n + 0.5)))
+    k = n if density >= 1 else min(n, max(1, math.floor(Fraction(repr(float(density))) * n)))
     order = np.lexsort((np.arange(n), -np.abs(flat)))
     keep = np.zeros(n, dtype=bool)
     keep[order[:k]] = True

@@ -78,7 +78,7 @@ def test_ties_with_magnitude_ties_and_zero_task_vector():
     expected = ref.ties(base.numpy(), np_(*models), weights, densities, 1.0, True)
     np.testing.assert_array_equal(out.numpy(), expected)
     mask = magnitude_mask(tied, 0.3)
-    assert int(mask.sum()) == 30  # exactly round(density·n), ties notwithstanding
+    assert int(mask.sum()) == 30  # exactly ⌊density·n⌋, ties notwithstanding
 
 
 def test_ties_all_zero_task_vectors_give_base(trio):

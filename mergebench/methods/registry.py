@@ -95,6 +95,8 @@ class TensorInputs:
         convert: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor,
         workspace: Callable[[], torch.Tensor] | None = None,
     ) -> None:
+        self.shape = tuple((base if base is not None else models[0]).shape)  # the whole tensor's shape
+        self.has_base = base is not None
         self._models = [m.reshape(-1) for m in models]
         self._base = base.reshape(-1) if base is not None else None
         reference = self._base if self._base is not None else self._models[0]
@@ -120,12 +122,16 @@ class MergeMethod:
     params: tuple[Param, ...]
     base: BaseUse
     model_count: int | None = None  # exact number of models other than the base, when the method needs it
+    min_models: int = 1  # fewest models other than the base it accepts
     elementwise: bool = False
     stats: Callable[..., Any] | None = None
     # Parameter values for which the method returns its single input unchanged: the planner then
     # copies the tensor's bytes instead of computing (e.g. passthrough with scale 1).
     is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None
     summary: str = ""
+    # Problems between one tensor's resolved parameters (e.g. DELLA's density ± epsilon inside (0, 1)),
+    # one message each: the planner reports them with every other problem, before any tensor is read.
+    check: Callable[[Mapping[str, object]], list[str]] | None = None
 
     def param(self, name: str) -> Param | None:
         return next((p for p in self.params if p.name == name), None)
@@ -179,10 +185,12 @@ def merge_method(
     params: tuple[Param, ...],
     base: BaseUse,
     model_count: int | None = None,
+    min_models: int = 1,
     elementwise: bool = False,
     stats: Callable[..., Any] | None = None,
     is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None,
     summary: str = "",
+    check: Callable[[Mapping[str, object]], list[str]] | None = None,
 ) -> Callable[[Callable[..., torch.Tensor]], MergeMethod]:
     """Register the decorated function as merge method ``name``; returns the ``MergeMethod``."""
 
@@ -190,7 +198,17 @@ def merge_method(
         if name in _METHODS:
             raise ValueError(f"merge method {name!r} registered twice")
         method = MergeMethod(
-            name, function, params, base, model_count, elementwise, stats, is_identity, summary
+            name,
+            function,
+            params,
+            base,
+            model_count,
+            min_models,
+            elementwise,
+            stats,
+            is_identity,
+            summary,
+            check,
         )
         _METHODS[name] = method
         return method

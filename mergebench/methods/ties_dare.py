@@ -61,7 +61,7 @@ def ties(
 ):
     """θ = θ_base + λ·disjoint_mean_i(w_i·trim(τ_i, density_i)).
 
-    trim keeps the round(density·n) largest-magnitude entries of the whole τ_i (thresholds from
+    trim keeps the max(1, ⌊density·n⌋) largest-magnitude entries of the whole τ_i (thresholds from
     ``ties_stats``); the elected sign is sign(Σ w_i·τ̂_i); only agreeing entries are summed, divided
     (``normalize``) by the weight of agreeing entries.
     """

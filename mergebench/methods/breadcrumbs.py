@@ -1,0 +1,144 @@
+"""Model Breadcrumbs (Davari & Belilovsky 2023): drop each task vector's largest outliers and its smallest
+entries, then add what is left (``breadcrumbs``) or merge it TIES-style (``breadcrumbs_ties``).
+
+The count rules are mergekit 0.1.5's ``magnitude_outliers``: with n entries, keep = ⌊density·n⌋,
+top = ⌊gamma·n⌋ and bottom = max(0, n − keep − top) dropped, i.e. of τ's entries sorted by descending
+magnitude the ranks [top', top' + keep) survive, top' = min(top, n − keep) (gamma yields when
+density + gamma > 1). Ties between equal magnitudes are broken by flat index, lower index first, as in
+our TIES trim (mergekit's unstable sort leaves them to chance), so gamma = 0 is exactly a TIES trim.
+"""
+
+from __future__ import annotations
+
+import functools
+from collections.abc import Iterator, Sequence
+from typing import NamedTuple
+
+import torch
+
+from mergebench.methods.registry import (
+    DENSITY,
+    INT8_MASK,
+    LAMBDA,
+    WEIGHT,
+    Param,
+    Piece,
+    TensorInputs,
+    merge_method,
+    normalize_param,
+)
+from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, top_k_cut, trim_mask
+
+STATS_CHUNK = 1 << 18
+
+GAMMA = Param(
+    "gamma", float, 0.01, per_model=True, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"
+)  # the fraction of largest-magnitude entries dropped (mergekit's default 0.01)
+# mergekit's ``rescale``: scale the survivors so the task vector keeps its L1 norm (‖τ‖₁ / ‖τ̂‖₁)
+RESCALE_L1 = Param("rescale", bool, False)
+
+
+class Band(NamedTuple):
+    """A task vector's survivors: descending-magnitude ranks [top, top + keep), as two top-k cuts
+    (threshold, tie cutoff) of ``top_k_cut``, and the L1 rescale factor (1.0 without ``rescale``)."""
+
+    top: tuple[float, int]
+    top_and_kept: tuple[float, int]
+    scale: float
+
+
+def band_mask(delta: torch.Tensor, band: Band, offset: int = 0) -> torch.Tensor:
+    """Keep-mask of a flat chunk starting at ``offset``: inside the top top+keep but not the top top."""
+    return trim_mask(delta, *band.top_and_kept, offset) & ~trim_mask(delta, *band.top, offset)
+
+
+def breadcrumbs_stats(
+    inputs: TensorInputs, *, density: Sequence[float], gamma: Sequence[float], rescale: bool, **_
+) -> list[Band | None]:
+    """Each task vector's band cuts over the whole tensor (None: density 1, nothing dropped), and with
+    ``rescale`` its L1 norms before and after. |τ_i| is built slice by slice in one workspace."""
+    n = inputs.numel
+    magnitude: torch.Tensor | None = None
+    bands: list[Band | None] = []
+    for index, (d, g) in enumerate(zip(density, gamma, strict=True)):
+        if d >= 1.0:
+            bands.append(None)  # mergekit returns τ untouched (gamma and rescale included)
+            continue
+        if magnitude is None:
+            magnitude = inputs.workspace()
+        for start in range(0, n, STATS_CHUNK):
+            stop = min(start + STATS_CHUNK, n)
+            torch.sub(
+                inputs.model(index, start, stop), inputs.base(start, stop), out=magnitude[start:stop]
+            ).abs_()
+        keep = fraction_count(n, d)
+        top = min(fraction_count(n, g), n - keep)
+        band = Band(top_k_cut(magnitude, top), top_k_cut(magnitude, top + keep), 1.0)
+        if rescale:
+            before = float(magnitude.sum(dtype=torch.float64))
+            after = 0.0
+            for start in range(0, n, STATS_CHUNK):
+                part = magnitude[start : start + STATS_CHUNK]
+                after += float((part * band_mask(part, band, start)).sum(dtype=torch.float64))
+            band = band._replace(scale=l1_rescale(before, after))
+        bands.append(band)
+    return bands
+
+
+def sparsified(
+    models: Sequence[torch.Tensor], base: torch.Tensor, bands: Sequence[Band | None], offset: int
+) -> Iterator[torch.Tensor]:
+    """τ̂_i = rescale_i · mask_i ⊙ (θ_i − θ_base) for a flat chunk at ``offset`` (whole tensor: 0)."""
+    for model, band in zip(models, bands, strict=True):
+        delta = model - base
+        if band is not None:
+            delta *= band_mask(delta, band, offset)
+            if band.scale != 1.0:
+                delta *= band.scale
+        yield delta
+
+
+def breadcrumbs(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    gamma: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    int8_mask: bool,
+    piece: Piece,
+    elect_signs: bool,
+) -> torch.Tensor:
+    """θ = θ_base + λ·combine_i(w_i·τ̂_i), τ̂_i = τ_i with the ⌊gamma·n⌋ largest and the smallest
+    magnitudes dropped so that ⌊density·n⌋ remain (bands from ``breadcrumbs_stats``), ×‖τ_i‖₁/‖τ̂_i‖₁
+    with ``rescale``. combine: Σ (÷ Σ w_i with ``normalize``), or with ``elect_signs`` TIES' election
+    of sign(Σ w_i τ̂_i) and the sum of agreeing entries (÷ their total weight with ``normalize``)."""
+    weighted = [
+        delta.mul_(w)
+        for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)
+    ]
+    if elect_signs:
+        return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+    update = weighted[0]
+    for delta in weighted[1:]:
+        update += delta
+    if normalize:
+        update /= sum(weight)
+    return base + lambda_ * update
+
+
+for _name, _elect, _then in (
+    ("breadcrumbs", False, "θ_base + λ Σ w_i τ̂_i"),
+    ("breadcrumbs_ties", True, "TIES sign election and disjoint sum of w_i τ̂_i"),
+):
+    merge_method(
+        _name,
+        params=(WEIGHT, DENSITY, GAMMA, normalize_param(False), LAMBDA, RESCALE_L1, INT8_MASK),
+        base="required",
+        elementwise=True,
+        stats=breadcrumbs_stats,
+        summary=f"τ̂_i = τ_i without its top-gamma and bottom magnitudes (density kept); {_then}",
+    )(functools.partial(breadcrumbs, elect_signs=_elect))

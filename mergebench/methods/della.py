@@ -1,0 +1,243 @@
+"""DELLA (Deep et al. 2024): MAGPRUNE — drop each task-vector entry at random with a keep probability
+that rises with its magnitude rank — then rescale, and merge TIES-style (``della``) or by a weighted
+sum (``della_linear``).
+
+Ranks are taken along each row (dim 1: per output neuron of a weight matrix; a 1-D tensor is one row)
+as in the authors' implementation, which mergekit 0.1.5 ships: for a row of m entries, rank r ∈
+[0, m) by ascending |τ| (equal magnitudes: lower index first) gets keep probability
+p = density − ε + 2ε·r/(m − 1), so p runs from density − ε to density + ε and averages density.
+A row of one entry gets p = density (mergekit divides 0 by 0 there).
+
+Survivors are rescaled by 1/p, the paper's 1/(1 − p_drop), which keeps every entry's expected value.
+mergekit 0.1.5's ``rescale`` instead scales each sparsified task vector to its original L1 norm; that
+is ``rescale_l1: true`` here.
+
+Uniforms are drawn per flat position (``sparsify.uniforms``: blocks seeded by (seed, tensor name,
+model, block)), so a rerun is byte-identical on any device and thread count. They are DARE's draws:
+with ε = 0 DELLA keeps DARE's entries (U < p is compared in float64, DARE's U < density in float32;
+they differ only for a draw equal to float32(density) < density, probability 2⁻²⁴ an entry).
+The method needs whole rows, so it is not ``elementwise``: it walks the tensor in blocks of whole rows
+(bounded temporaries) and the executor hands it whole tensors.
+"""
+
+from __future__ import annotations
+
+import functools
+import math
+from collections.abc import Callable, Mapping, Sequence
+
+import torch
+
+from mergebench.errors import ConfigError
+from mergebench.methods.registry import (
+    DENSITY,
+    INT8_MASK,
+    LAMBDA,
+    WEIGHT,
+    Param,
+    Piece,
+    merge_method,
+    normalize_param,
+)
+from mergebench.methods.sparsify import disjoint_merge, l1_rescale, uniforms
+
+BLOCK = 1 << 18  # entries per block of whole rows
+
+EPSILON = Param(
+    "epsilon", float, 0.15, per_model=True, valid=lambda v: 0.0 <= v < 1.0, expect="in [0, 1)"
+)  # half-width of the keep-probability ramp (mergekit's definition and default)
+RESCALE = Param("rescale", bool, True)  # survivors ÷ their keep probability
+RESCALE_L1 = Param("rescale_l1", bool, False)  # mergekit 0.1.5's rescale instead: keep ‖τ‖₁
+
+
+def della_problem(density: float, epsilon: float) -> str | None:
+    """Why (density, epsilon) cannot be used, or None: below density 1, the probabilities density ± ε
+    must lie inside (0, 1) — mergekit's check, with its float expressions."""
+    if density < 1.0 and (density + epsilon >= 1.0 or density - epsilon <= 0.0):
+        return f"density ± epsilon must lie inside (0, 1), got density {density} and epsilon {epsilon}"
+    return None
+
+
+def della_param_problems(params: Mapping[str, object]) -> list[str]:
+    """Cross-parameter problems of one tensor's resolved parameters (YAML names; per-model values as
+    sequences in model order), one message per offending model, for the planner to report."""
+    densities, epsilons = params["density"], params["epsilon"]
+    assert isinstance(densities, Sequence) and isinstance(epsilons, Sequence)
+    problems = []
+    for index, (d, e) in enumerate(zip(densities, epsilons, strict=True)):
+        problem = della_problem(float(d), float(e))
+        if problem is not None:
+            problems.append(f"model {index}: {problem}")
+    return problems
+
+
+def row_layout(shape: Sequence[int]) -> tuple[int, int, int]:
+    """(outer, m, inner): the tensor viewed as outer × m × inner with ranks taken along m (dim 1)."""
+    if len(shape) == 0:
+        return 1, 1, 1
+    if len(shape) == 1:
+        return 1, shape[0], 1
+    return shape[0], shape[1], math.prod(shape[2:])
+
+
+def magprune_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
+    """Keep probabilities (float64) of an (outer, m, inner) block of τ: density − ε + 2ε·r/(m − 1),
+    r the ascending-magnitude rank along dim 1 (equal magnitudes: lower index first)."""
+    m = delta.shape[1]
+    if m == 1:
+        return torch.full(delta.shape, density, dtype=torch.float64, device=delta.device)
+    rows = delta.squeeze(2) if delta.shape[2] == 1 else delta  # sorting the last dim is faster
+    order = torch.argsort(rows.abs(), dim=1, stable=True)
+    ranks = torch.empty_like(order)
+    steps = torch.arange(m, device=delta.device).view(1, m, *([1] * (rows.dim() - 2))).expand_as(order)
+    ranks.scatter_(1, order, steps)
+    return ranks.view(delta.shape).to(torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
+
+
+def magprune(
+    delta: torch.Tensor,
+    density: float,
+    epsilon: float,
+    key: tuple,
+    model_index: int,
+    offset: int,
+    divide: bool,
+) -> torch.Tensor:
+    """MAGPRUNE of one (outer, m, inner) block of τ starting at flat ``offset``: entry j kept when
+    U_j < p_j; survivors ÷ p_j with ``divide``. Returned in τ's dtype and shape."""
+    if density >= 1.0:
+        return delta
+    p = magprune_probabilities(delta, density, epsilon)
+    uniform = uniforms(delta.numel(), key, model_index, offset).to(delta.device).view(delta.shape)
+    keep = uniform.to(torch.float64) < p
+    if divide:
+        return torch.where(keep, delta.to(torch.float64) / p, 0.0).to(delta.dtype)
+    return delta * keep
+
+
+def della_update(
+    read_delta: Callable[[int, int, int], torch.Tensor],
+    shape: Sequence[int],
+    key: tuple,
+    out: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    rescale_l1: bool,
+    elect_signs: bool,
+) -> torch.Tensor:
+    """Fill the flat ``out`` with λ·combine_i(w_i·MAGPRUNE(τ_i)), walking blocks of whole rows;
+    ``read_delta(i, start, stop)`` gives τ_i's flat entries [start, stop) in the compute precision.
+
+    Only whole-row blocks are read, so this can also run as a stats step over ``TensorInputs``."""
+    outer, m, inner = row_layout(shape)
+    row = m * inner
+    rows_per_block = max(1, BLOCK // max(1, row))
+    blocks = [(r * row, min(r + rows_per_block, outer) * row) for r in range(0, outer, rows_per_block)]
+
+    def pruned(index: int, start: int, stop: int, divide: bool) -> tuple[torch.Tensor, torch.Tensor]:
+        delta = read_delta(index, start, stop)
+        block = delta.view((stop - start) // row, m, inner)
+        kept = magprune(block, density[index], epsilon[index], key, index, start, divide)
+        return delta, kept.reshape(-1)
+
+    scales = [1.0] * len(weight)
+    if rescale and rescale_l1:  # a first pass for each task vector's L1 norms before and after
+        for index, d in enumerate(density):
+            if d >= 1.0:
+                continue
+            before = after = 0.0
+            for start, stop in blocks:
+                delta, kept = pruned(index, start, stop, divide=False)
+                before += float(delta.abs().sum(dtype=torch.float64))
+                after += float(kept.abs().sum(dtype=torch.float64))
+            scales[index] = l1_rescale(before, after)
+    for start, stop in blocks:
+        weighted = []
+        for index, w in enumerate(weight):
+            _, kept = pruned(index, start, stop, divide=rescale and not rescale_l1)
+            if scales[index] != 1.0:
+                kept = kept * scales[index]
+            weighted.append(kept * w)
+        if elect_signs:
+            update = disjoint_merge(weighted, weight, normalize)
+        else:
+            update = weighted[0]
+            for part in weighted[1:]:
+                update += part
+            if normalize:
+                update /= sum(weight)
+        if lambda_ != 1.0:
+            update *= lambda_
+        out[start:stop] = update
+    return out
+
+
+def della(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    normalize: bool,
+    lambda_: float,
+    rescale: bool,
+    rescale_l1: bool,
+    int8_mask: bool,
+    piece: Piece,
+    elect_signs: bool,
+) -> torch.Tensor:
+    """θ = θ_base + λ·combine_i(w_i·τ̂_i), τ̂_i = MAGPRUNE(τ_i): entry kept with probability p (ramped
+    by magnitude rank in its row from density − ε to density + ε), ÷ p with ``rescale`` (×‖τ‖₁/‖τ̂‖₁
+    with ``rescale_l1``). combine: TIES' sign election and disjoint sum, ÷ the agreeing weight with
+    ``normalize`` (``della``), or Σ, ÷ Σ w_i with ``normalize`` (``della_linear``)."""
+    for index, (d, e) in enumerate(zip(density, epsilon, strict=True)):
+        if (problem := della_problem(d, e)) is not None:
+            raise ConfigError(f"tensor {piece.name!r}, model {index}: {problem}")
+    flat_base = base.reshape(-1)
+    flats = [model.reshape(-1) for model in models]
+    out = torch.empty_like(flat_base)
+    if base.numel() > 0:
+        della_update(
+            lambda index, start, stop: flats[index][start:stop] - flat_base[start:stop],
+            base.shape,
+            (piece.seed, piece.name),
+            out,
+            weight=weight,
+            density=density,
+            epsilon=epsilon,
+            normalize=normalize,
+            lambda_=lambda_,
+            rescale=rescale,
+            rescale_l1=rescale_l1,
+            elect_signs=elect_signs,
+        )
+    return out.add_(flat_base).view(base.shape)
+
+
+for _name, _elect, _normalize, _then in (
+    ("della", True, True, "TIES sign election + disjoint mean"),
+    ("della_linear", False, False, "θ_base + λ Σ w_i τ̂_i"),
+):
+    merge_method(
+        _name,
+        params=(
+            WEIGHT,
+            DENSITY,
+            EPSILON,
+            normalize_param(_normalize),
+            LAMBDA,
+            RESCALE,
+            RESCALE_L1,
+            INT8_MASK,
+        ),
+        base="required",
+        elementwise=False,
+        check=della_param_problems,
+        summary=f"τ̂_i keeps entry j w.p. p_j = density ± ε by magnitude rank in its row, ÷ p_j; {_then}",
+    )(functools.partial(della, elect_signs=_elect))

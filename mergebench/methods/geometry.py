@@ -1,0 +1,135 @@
+"""Shared geometry of the angle-based methods: how a tensor splits into the vectors they measure, float64
+Gram matrices of those vectors accumulated over small slices, and the map from a chunk's entries back to
+the vector each belongs to. No method is registered here.
+
+Angles, norms and cosines are whole-vector quantities: a method's ``stats`` step computes them once
+(float64 sums of exact float32 products) and its elementwise function applies per-vector coefficients
+to any flat chunk through :meth:`Vectors.per_entry`.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from mergebench.methods.registry import TensorInputs
+
+STATS_CHUNK = 1 << 18  # entries per input read at a time by a stats step
+
+
+@dataclass(frozen=True)
+class Vectors:
+    """A tensor read as ``count`` vectors: flat entry j belongs to vector (j // stride) % count.
+
+    ``whole()``: one vector. ``rows(shape)``: vectors along the last dimension (each a contiguous run
+    of shape[-1] entries: mergekit's row-wise cosines, ``dim=-1``). ``columns(shape)``: vectors along
+    the first dimension (entry j in vector j % (numel / shape[0]): mergekit's ``dim=0``).
+    """
+
+    count: int
+    stride: int
+
+    @classmethod
+    def whole(cls) -> Vectors:
+        return cls(1, 1)
+
+    @classmethod
+    def rows(cls, shape: Sequence[int]) -> Vectors:
+        length = shape[-1] if len(shape) else 1
+        return cls(math.prod(shape) // length if length else 0, max(length, 1))
+
+    @classmethod
+    def columns(cls, shape: Sequence[int]) -> Vectors:
+        first = shape[0] if len(shape) else 1
+        return cls(math.prod(shape) // first if first else 0, 1)
+
+    def per_entry(self, values: torch.Tensor, offset: int, like: torch.Tensor) -> torch.Tensor | float:
+        """``values[v]`` (one per vector, first axis) for each entry of ``like``, a flat slice starting
+        at ``offset`` or the whole tensor; shaped like ``like`` and in its dtype and device (a Python
+        float when there is one vector)."""
+        if self.count == 1:
+            return float(values[0])
+        index = torch.arange(offset, offset + like.numel(), device=like.device)
+        if self.stride > 1:
+            index = index.div_(self.stride, rounding_mode="floor")
+        index = index.remainder_(self.count)
+        return values.to(device=like.device, dtype=like.dtype)[index].reshape(like.shape)
+
+
+def gram(numel: int, vectors: Vectors, read: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+    """G[v, i, k] = Σ x_i[e]·x_k[e] over the entries e of vector v, accumulated in float64.
+
+    ``read(start, stop)`` returns the (N, stop − start) float64 slice of the N inputs. Slices hold
+    whole vectors (rows) or whole periods of interleaved ones (columns), at most ~STATS_CHUNK entries.
+    """
+    count, stride = vectors.count, vectors.stride
+    if numel == 0:
+        n = read(0, 0).shape[0]
+        return torch.zeros(count, n, n, dtype=torch.float64)
+    if count == 1:
+        total = None
+        for start in range(0, numel, STATS_CHUNK):
+            x = read(start, min(start + STATS_CHUNK, numel))
+            part = x @ x.T
+            total = part if total is None else total + part
+        return total.unsqueeze(0)
+    if count * stride == numel:  # contiguous vectors of ``stride`` entries
+        step = max(1, STATS_CHUNK // stride)
+        parts = []
+        for first in range(0, count, step):
+            last = min(first + step, count)
+            x = read(first * stride, last * stride)
+            parts.append(_pairwise(x.reshape(x.shape[0], last - first, stride), rows=True))
+        return torch.cat(parts)
+    assert stride == 1 and numel % count == 0, (count, stride, numel)
+    step = max(1, STATS_CHUNK // count)
+    periods = numel // count
+    total = None
+    for first in range(0, periods, step):
+        last = min(first + step, periods)
+        x = read(first * count, last * count)
+        part = _pairwise(x.reshape(x.shape[0], last - first, count), rows=False)
+        total = part if total is None else total + part
+    return total
+
+
+def _pairwise(x: torch.Tensor, *, rows: bool) -> torch.Tensor:
+    """Σ x_i·x_k per vector for a (N, p, q) slice of the N inputs: the vectors are its rows (summing
+    over q) when ``rows``, else its columns (summing over p). One product per pair: faster than a
+    batched matmul of tiny matrices."""
+    n, count = x.shape[0], x.shape[1] if rows else x.shape[2]
+    out = torch.empty(count, n, n, dtype=x.dtype, device=x.device)
+    for i in range(n):
+        for k in range(i, n):
+            out[:, i, k] = out[:, k, i] = (x[i] * x[k]).sum(dim=1 if rows else 0)
+    return out
+
+
+def read_stacked(inputs: TensorInputs, *, minus_base: bool) -> Callable[[int, int], torch.Tensor]:
+    """A ``read`` for :func:`gram`: the models' slices in float64, as task vectors θ_i − θ_base when
+    ``minus_base``."""
+
+    def read(start: int, stop: int) -> torch.Tensor:
+        x = torch.stack([inputs.model(i, start, stop).double() for i in range(inputs.count)])
+        if minus_base:
+            x -= inputs.base(start, stop).double()
+        return x
+
+    return read
+
+
+def norm64(tensor: torch.Tensor) -> float:
+    """‖x‖₂ with float64 accumulation, read in slices (no tensor-sized float64 temporary)."""
+    return math.sqrt(dot64(tensor, tensor))
+
+
+def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
+    """⟨a, b⟩ of two same-shaped tensors with float64 accumulation, in slices."""
+    a, b = a.reshape(-1), b.reshape(-1)
+    total = 0.0
+    for start in range(0, a.numel(), STATS_CHUNK):
+        total += float(a[start : start + STATS_CHUNK].double() @ b[start : start + STATS_CHUNK].double())
+    return total

@@ -1,0 +1,97 @@
+"""RAM, Reinforced Agent Merging (arXiv:2601.13572), as mergekit defines it: entries changed by one model
+take that model's change; entries changed by several take the mean of their changes. RAM+ (tensor-local)
+boosts each model's unique changes by how much of it overlaps with the others."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+
+from mergebench.methods.geometry import STATS_CHUNK
+from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+
+EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
+
+
+def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
+    """Task vectors τ_i = θ_i − θ_base, their masks |τ_i| > ε, and how many models change each entry."""
+    taus = [model - base for model in models]
+    masks = [tau.abs() > epsilon for tau in taus]
+    counts = torch.stack(masks).sum(dim=0)
+    return taus, masks, counts
+
+
+def ram_merge(
+    models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float, boosts: Sequence[float]
+) -> torch.Tensor:
+    """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
+    taus, masks, counts = changed(models, base, epsilon)
+    unique, overlap = counts == 1, counts > 1
+    shared = counts.clamp(min=1)
+    merged = torch.zeros_like(base)
+    for tau, mask, boost in zip(taus, masks, boosts, strict=True):
+        kept = tau * mask
+        part = kept * unique
+        if boost != 1.0:
+            part *= boost
+        merged += part + kept * overlap / shared
+    return base + merged
+
+
+@merge_method(
+    "ram",
+    params=(EPSILON,),
+    base="required",
+    elementwise=True,
+    summary="θ_base + per entry: the one τ_i with |τ_i| > ε, or the mean of those τ_i when several",
+)
+def ram(models: Sequence[torch.Tensor], base: torch.Tensor, *, epsilon: float, piece: Piece) -> torch.Tensor:
+    """θ = θ_base + Σ_i τ_i·m_i·([n = 1] + [n > 1]/n), τ_i = θ_i − θ_base, m_i = [|τ_i| > ε], n = Σ m_i.
+
+    An entry only one model changed (beyond ε) takes that change whole; one several changed takes the
+    mean of their changes (a disjoint mean, no signs elected); unchanged entries stay the base's.
+    """
+    return ram_merge(models, base, epsilon, [1.0] * len(models))
+
+
+def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: float) -> list[float]:
+    """λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = #(entries i shares with another) / max(#(entries only i changed), ε),
+    counted over the whole tensor (tensor-local)."""
+    shared = [0] * inputs.count
+    unique = [0] * inputs.count
+    for start in range(0, inputs.numel, STATS_CHUNK):
+        stop = min(start + STATS_CHUNK, inputs.numel)
+        models = [inputs.model(i, start, stop) for i in range(inputs.count)]
+        _, masks, counts = changed(models, inputs.base(start, stop), epsilon)
+        for i, mask in enumerate(masks):
+            shared[i] += int((mask & (counts > 1)).sum())
+            unique[i] += int((mask & (counts == 1)).sum())
+    rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
+    return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
+
+
+@merge_method(
+    "ramplus_tl",
+    params=(Param("r", float, 0.1), Param("alpha", float, 0.2), EPSILON),
+    base="required",
+    elementwise=True,
+    stats=ramplus_boosts,
+    summary="ram with each model's unique changes scaled by λ_i = 1 + r·clamp(shared_i/unique_i, 0, α)",
+)
+def ramplus_tl(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    r: float,
+    alpha: float,
+    epsilon: float,
+    piece: Piece,
+) -> torch.Tensor:
+    """θ = θ_base + Σ_i τ_i·m_i·(λ_i·[n = 1] + [n > 1]/n), λ_i = 1 + r·clamp(ρ_i, 0, α).
+
+    ρ_i = (entries model i changes that others change too) / max(entries only model i changes, ε),
+    counted over this tensor (RAM+, tensor-local variant, mergekit's definition): a model whose changes
+    mostly overlap has its unique changes amplified, by at most r·α.
+    """
+    return ram_merge(models, base, epsilon, piece.stats)

@@ -1,0 +1,129 @@
+"""SCE (Wan et al. 2025, FuseChat): Select the entries where the task vectors disagree most, Calculate
+per-model weights from their energy, Erase entries against the majority sign — as mergekit 0.1.5's
+``sce``, formula for formula.
+
+Select: the ⌊select_topk·nz⌋ entries of largest variance Var_i(τ_i) (population variance across the
+models; nz = entries of non-zero variance) are kept in every τ_i, the rest zeroed; select_topk 1 keeps
+all. Ties between equal variances: lower flat index first. Calculate: w_i = mean(τ̂_i²) / Σ_j mean(τ̂_j²)
+over the whole tensor (uniform 1/N when that sum is below 1e-6, mergekit's guard — note it is absolute,
+so task vectors with mean square ≲ 1e-6/N all get uniform weights). Erase: the elected sign is + where
+Σ τ̂_i ≥ 0, else −; only entries of that sign count. θ = θ_base + Σ w_i [agree] τ̂_i / max(Σ w_i [agree],
+1e-6).
+
+Variances are computed per entry in float64 and ranked after one rounding to the compute precision,
+identically in the stats step and in every chunk, so the selection does not depend on chunking.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from typing import NamedTuple
+
+import torch
+
+from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.sparsify import fraction_count, top_k_cut, trim_mask
+
+STATS_CHUNK = 1 << 18
+WEIGHT_SUM_GUARD = 1e-6  # mergekit's sce_weight: below this total, uniform weights
+DIVISOR_FLOOR = 1e-6  # mergekit's clamp of the agreeing weight
+
+SELECT_TOPK = Param("select_topk", float, 1.0, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]")
+
+
+class SceStats(NamedTuple):
+    """The selection cut over the variances (None: select_topk 1, keep all) and the model weights."""
+
+    select: tuple[float, int] | None
+    weights: list[float]
+
+
+def variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
+    """Population variance across the task vectors, per entry: Σ (τ_i − τ̄)² / N in float64, rounded
+    once to the task vectors' dtype. Elementwise only, so any slice gives the same bits."""
+    wide = [delta.to(torch.float64) for delta in deltas]
+    mean = wide[0].clone()
+    for delta in wide[1:]:
+        mean += delta
+    mean /= len(wide)
+    total = torch.zeros_like(mean)
+    for delta in wide:
+        spread = delta - mean
+        total += spread * spread
+    return (total / len(wide)).to(deltas[0].dtype)
+
+
+def sce_weights(energy: Sequence[float]) -> list[float]:
+    """w_i = e_i / Σ e_j from each τ̂_i's mean square e_i; uniform when Σ e_j < 1e-6 (mergekit)."""
+    total = sum(energy)
+    if abs(total) < WEIGHT_SUM_GUARD:
+        return [1.0 / len(energy)] * len(energy)
+    return [e / total for e in energy]
+
+
+def _deltas(inputs: TensorInputs, start: int, stop: int) -> list[torch.Tensor]:
+    base = inputs.base(start, stop)
+    return [inputs.model(i, start, stop) - base for i in range(inputs.count)]
+
+
+def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
+    """The variance cut keeping ⌊select_topk·nz⌋ entries (variances built slice by slice in one
+    workspace) and the weights from the selected task vectors' mean squares (float64 sums)."""
+    n = inputs.numel
+    select = None
+    if select_topk < 1.0:
+        var = inputs.workspace()
+        nonzero = 0
+        for start in range(0, n, STATS_CHUNK):
+            stop = min(start + STATS_CHUNK, n)
+            var[start:stop] = variance(_deltas(inputs, start, stop))
+            nonzero += int(torch.count_nonzero(var[start:stop]))
+        select = top_k_cut(var, fraction_count(nonzero, select_topk))
+    energy = [0.0] * inputs.count
+    for start in range(0, n, STATS_CHUNK):
+        stop = min(start + STATS_CHUNK, n)
+        deltas = _deltas(inputs, start, stop)
+        if select is not None:
+            mask = trim_mask(variance(deltas), *select, start)
+            deltas = [delta * mask for delta in deltas]
+        for index, delta in enumerate(deltas):
+            wide = delta.to(torch.float64)
+            energy[index] += float(wide @ wide)
+    return SceStats(select, sce_weights([e / max(n, 1) for e in energy]))
+
+
+@merge_method(
+    "sce",
+    params=(SELECT_TOPK, INT8_MASK),
+    base="required",
+    elementwise=True,
+    stats=sce_stats,
+    summary="θ_base + Σ w_i[agree]τ̂_i / Σ w_i[agree]: τ̂ top-variance entries, w_i ∝ mean τ̂_i², majority sign",
+)
+def sce(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    *,
+    select_topk: float,
+    int8_mask: bool,
+    piece: Piece,
+) -> torch.Tensor:
+    """θ = θ_base + Σ_i w_i·[sign τ̂_i = s]·τ̂_i / max(Σ_i w_i·[sign τ̂_i = s], 1e-6), where τ̂_i is τ_i
+    on the top-variance entries (``sce_stats``), w_i ∝ mean(τ̂_i²) and s = +1 where Σ τ̂_i ≥ 0 else −1."""
+    select, weights = piece.stats
+    deltas = [model - base for model in models]
+    if select is not None:
+        mask = trim_mask(variance(deltas), *select, piece.offset)
+        for delta in deltas:
+            delta *= mask
+    total = deltas[0].clone()
+    for delta in deltas[1:]:
+        total += delta
+    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    merged = torch.zeros_like(total)
+    divisor = torch.zeros_like(total)
+    for delta, w in zip(deltas, weights, strict=True):
+        agrees = (torch.sign(delta) == elected).to(delta.dtype)
+        merged += delta * (agrees * w)
+        divisor += agrees * w
+    return base + merged / divisor.clamp_(min=DIVISOR_FLOOR)
