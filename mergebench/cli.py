@@ -13,6 +13,7 @@ from pathlib import Path
 
 import click
 
+from mergebench.analyze_cli import analyze_command
 from mergebench.errors import ConfigError, MergebenchError
 from mergebench.eval_cli import eval_command, evaluate_and_print
 from mergebench.lora.cli import lora_group
@@ -59,6 +60,7 @@ def main() -> None:
     """Merge LLM finetunes and LoRA adapters, streaming one tensor at a time."""
 
 
+main.add_command(analyze_command)
 main.add_command(eval_command)
 main.add_command(lora_group)
 
