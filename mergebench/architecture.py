@@ -49,6 +49,10 @@ class Family:
     layer_count_key: str = "num_hidden_layers"
     hidden_size_key: str = "hidden_size"
     tied_by_default: tuple[str, ...] = ()  # model types whose embeddings are tied when config is silent
+    # Tensors indexed by token id along dim 0 (embeddings, output head and its bias): what a tokenizer
+    # merge re-aligns row by row. Explicit per family, because VOCAB_TENSOR also matches e.g. BERT's
+    # position embeddings.
+    vocab: tuple[str, ...] = ()
 
     @cached_property
     def layer_regex(self) -> re.Pattern[str]:
@@ -75,6 +79,7 @@ FAMILIES: tuple[Family, ...] = (
         before=(r"(?:^|\.)embed_tokens\.", r"(?:^|\.)rotary_emb\."),
         after=(r"(?:^|\.)norm\.", r"^lm_head\.", r"^score\."),
         tied_by_default=("gemma", "gemma2", "gemma3_text"),
+        vocab=(r"(?:^|\.)embed_tokens\.weight$", r"^lm_head\.weight$"),
     ),
     Family(
         "gpt2",
@@ -86,6 +91,7 @@ FAMILIES: tuple[Family, ...] = (
         layer_count_key="n_layer",
         hidden_size_key="n_embd",
         tied_by_default=("gpt2",),
+        vocab=(r"(?:^|\.)wte\.weight$", r"^lm_head\.weight$"),
     ),
     Family(
         "gpt_neox",
@@ -94,6 +100,7 @@ FAMILIES: tuple[Family, ...] = (
         blocks="layers",
         before=(r"(?:^|\.)embed_in\.", r"(?:^|\.)rotary_emb\."),
         after=(r"(?:^|\.)final_layer_norm\.", r"^embed_out\.", r"^score\."),
+        vocab=(r"(?:^|\.)embed_in\.weight$", r"^embed_out\.weight$"),
     ),
     Family(
         "bert",
@@ -103,6 +110,13 @@ FAMILIES: tuple[Family, ...] = (
         before=(r"(?:^|\.)embeddings\.",),
         after=(r"(?:^|\.)pooler\.", r"^cls\.", r"^lm_head\.", r"^classifier\.", r"^qa_outputs\."),
         tied_by_default=("bert", "roberta", "xlm-roberta"),
+        vocab=(
+            r"(?:^|\.)word_embeddings\.weight$",
+            r"^cls\.predictions\.bias$",
+            r"^cls\.predictions\.decoder\.(?:weight|bias)$",
+            r"^lm_head\.bias$",
+            r"^lm_head\.decoder\.(?:weight|bias)$",
+        ),
     ),
 )
 _BY_MODEL_TYPE = {model_type: family for family in FAMILIES for model_type in family.model_types}
@@ -248,6 +262,14 @@ def describe_model(spec: str, config: Mapping | None, tensor_names: Iterable[str
         vocab_size=vocab if isinstance(vocab, int) else None,
         tied=tied,
     )
+
+
+def vocab_tensor_names(spec: str, config: Mapping | None, tensor_names: Iterable[str]) -> list[str]:
+    """The tensors of a checkpoint whose dim 0 is the vocabulary (its family's ``vocab`` patterns), in
+    file order: a tokenizer merge aligns exactly these by token."""
+    names = list(tensor_names)
+    family, _ = detect_family(spec, config, names)
+    return [name for name in names if any(re.search(pattern, name) for pattern in family.vocab)]
 
 
 def layer_config_updates(

@@ -79,6 +79,12 @@ main.add_command(lora_group)
     help="Where the arithmetic runs.",
 )
 @click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed).")
+@click.option(
+    "--threads",
+    type=click.IntRange(min=1),
+    default=None,
+    help="Tensors computed at once (default: one per available core; 3 CUDA streams with --device cuda).",
+)
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option(
     "--resume",
@@ -110,6 +116,7 @@ def merge(
     max_shard_size,
     device,
     seed,
+    threads,
     overwrite,
     resume,
     allow_pickle,
@@ -145,6 +152,7 @@ def merge(
         allow_pickle=allow_pickle,
         progress=not no_progress,
         seed=seed,
+        threads=threads,
         resume=resume,
     )
     if recipe:
@@ -171,6 +179,10 @@ def merge(
                     f"warning: {spec} is not evaluated: fold it with `mergebench lora merge` first", err=True
                 )
     click.echo(f"merged model written to {result}")
+    if device == "cuda":
+        import torch
+
+        click.echo(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1e9:.2f} GB", err=True)
     if eval_files:
         evaluate_and_print([*models, str(result)], [str(f) for f in eval_files], eval_device)
 

@@ -13,15 +13,16 @@ from __future__ import annotations
 import difflib
 from collections.abc import Iterator
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from mergebench.dtypes import NAMES as DTYPE_NAMES
 from mergebench.dtypes import torch_dtype
 from mergebench.errors import ConfigError
 from mergebench.methods.registry import MergeMethod, Scalar, get_method
+from mergebench.vocab import chat_template_problem
 
 if TYPE_CHECKING:
     import torch
@@ -67,6 +68,63 @@ class NonLayerSource(_Strict):
     after: str | None = None
 
 
+# --- tokenizer merging (mergekit's keys; what they do: mergebench/vocab.py) ---------------------------
+
+
+class ModelTokenSource(_Strict):
+    """``{kind: model_token, model, token | token_id}``: the row of one token of one input model."""
+
+    kind: Literal["model_token"]
+    model: str
+    token: str | None = None
+    token_id: int | None = Field(default=None, ge=0)
+
+    @model_validator(mode="after")
+    def _one_token(self) -> ModelTokenSource:
+        if (self.token is None) == (self.token_id is None):
+            raise ValueError("give exactly one of 'token' and 'token_id'")
+        return self
+
+
+class ZeroSource(_Strict):
+    """``{kind: zero}``: a row of zeros."""
+
+    kind: Literal["zero"]
+
+
+class TokenEmbedding(_Strict):
+    """One entry of ``tokenizer.tokens``: where the token's embedding/head rows come from for the models
+    that lack it (all models with ``force``). ``source`` is a model, a model_token or zero."""
+
+    source: ModelTokenSource | ZeroSource | str | None = None
+    force: bool = False
+
+    @field_validator("source", mode="before")
+    @classmethod
+    def _source_kind(cls, value: object) -> object:
+        """One clear line for a wrong source instead of one error per member of the union."""
+        if not isinstance(value, dict):
+            return value
+        kinds = {"model_token": ModelTokenSource, "zero": ZeroSource}
+        model = kinds.get(value.get("kind"))  # type: ignore[arg-type]
+        if model is None:
+            raise ValueError("expected a model, {kind: model_token, model, token | token_id} or {kind: zero}")
+        try:
+            return model.model_validate(value)
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            raise ValueError(f"{_location(('source', *first['loc']))}: {_message(first)}") from None
+
+
+class TokenizerSettings(_Strict):
+    """``tokenizer:``: the output vocabulary (``source``: union, base or a model), per-token row
+    sources (``tokens``) and ``pad_to_multiple_of`` for the embedding rows."""
+
+    source: str = "union"
+    tokens: dict[str, TokenEmbedding] | None = None
+    pad_to_multiple_of: int | None = Field(default=None, gt=0)
+
+
 class MergeConfig(_Strict):
     """A validated merge config. Exactly one of ``models`` and ``slices`` is given."""
 
@@ -78,6 +136,8 @@ class MergeConfig(_Strict):
     dtype: str | None = None
     out_dtype: str | None = None
     tokenizer_source: str | None = None
+    tokenizer: TokenizerSettings | None = None
+    chat_template: str | None = None  # auto | a built-in template's name | Jinja text
     # slices only: the model whose non-layer tensors are copied, instead of merging the first slice's
     # sources (tensors before the layers) and the last slice's (after them); a string sets both.
     non_layer_source: NonLayerSource | None = None
@@ -247,7 +307,7 @@ def parse_config(data: object, source: str = "config") -> MergeConfig:
     except ValidationError as exc:
         problems = _schema_problems(exc.errors())
     else:
-        problems = list(_method_problems(config))
+        problems = [*_method_problems(config), *_tokenizer_problems(config)]
     if problems:
         raise ConfigError("\n".join(f"{source}: {line}" for line in problems))
     return config
@@ -314,6 +374,31 @@ def _method_problems(config: MergeConfig) -> Iterator[str]:
         yield from _slice_problems(method, config, i, slice_)
     if config.non_layer_source is not None and config.non_layer_models() == (None, None):
         yield "non_layer_source: give a model, or 'before' and/or 'after' with a model each"
+
+
+def _tokenizer_problems(config: MergeConfig) -> Iterator[str]:
+    """Tokenizer keys: one form at a time, models that are inputs, a known chat template."""
+    named = set(config.model_specs())
+    if config.tokenizer_source is not None and config.tokenizer is not None:
+        yield "tokenizer: give either tokenizer_source or tokenizer, not both"
+    settings = config.tokenizer
+    if settings is not None and settings.source not in ("union", "base", *named):
+        yield f"tokenizer.source: {settings.source!r} is not 'union', 'base' or a model named in the config"
+    for token, entry in ((settings.tokens if settings else None) or {}).items():
+        where = f"tokenizer.tokens.{token}"
+        if not token:
+            yield "tokenizer.tokens: a token is an empty string"
+        source = entry.source
+        model = source.model if isinstance(source, ModelTokenSource) else source
+        if isinstance(model, str) and model not in named:
+            key = "source.model" if isinstance(source, ModelTokenSource) else "source"
+            yield f"{where}.{key}: {model!r} is not a model named in the config"
+        if entry.force and source is None:
+            yield f"{where}.force: needs a source (a model, {{kind: model_token, …}} or {{kind: zero}})"
+    if config.chat_template is not None:
+        problem = chat_template_problem(config.chat_template)
+        if problem:
+            yield f"chat_template: {problem}"
 
 
 def _models_problems(method: MergeMethod, config: MergeConfig) -> Iterator[str]:

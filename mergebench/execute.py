@@ -7,6 +7,7 @@ queues between them, so memory stays at a few output tensors' inputs however lar
 
 from __future__ import annotations
 
+import math
 import os
 import queue
 import threading
@@ -21,7 +22,8 @@ from tqdm import tqdm
 from mergebench.errors import CheckpointError
 from mergebench.io.writer import ShardedWriter
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.planner import Copy, Merge, Op, op_input_bytes, op_refs
+from mergebench.planner import Copy, Merge, Op, RowMerge, op_input_bytes, op_refs
+from mergebench.vocab import RowGather, RowInputs
 
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
@@ -60,43 +62,66 @@ def run_op(
     arith = arithmetic_dtype(op.compute_dtype)
 
     def convert(tensor: torch.Tensor) -> torch.Tensor:
+        # Stored bytes travel as they are (half the traffic of float32 for bf16) and are widened where
+        # the math runs; an asynchronous copy from pinned memory overlaps other streams' work.
+        tensor = tensor.to(device, non_blocking=True)
         if op.compute_dtype is not None:
             tensor = tensor.to(op.compute_dtype)  # inputs are rounded to the compute dtype, as configured
-        return tensor.to(device=device, dtype=arith)
+        return tensor.to(arith)
 
     base, models = (values[0], values[1:]) if op.base is not None else (None, values)
+    # A vocabulary tensor merged by token (RowMerge): the method sees each input's token-aligned rows,
+    # built from the stored tensor block by block (vocab.RowGather), never a second stored copy.
+    aligned = RowGather(op.rows, values, convert, op.compute_dtype) if isinstance(op, RowMerge) else None
     if chunked is None:
         chunked = method.elementwise and torch.device(device).type == "cpu"
-    if not chunked:
+    if not chunked and aligned is not None:
+        models = [aligned.whole(k) for k in range(len(values))]
+        base = models.pop(0) if op.base is not None else None
+    elif not chunked:
         models = [convert(t) for t in models]
         base = convert(base) if base is not None else None
     workspace: list[torch.Tensor] = []
 
     def lend_workspace() -> torch.Tensor:
-        reference = base if base is not None else models[0]
+        numel = math.prod(op.output.shape)  # every (aligned) input's
         if not chunked:
-            return torch.empty(reference.numel(), dtype=arith, device=device)
-        workspace.append(buffers.take(reference.numel() * arith.itemsize))
+            return torch.empty(numel, dtype=arith, device=device)
+        workspace.append(buffers.take(numel * arith.itemsize))
         return workspace[-1].view(arith)
 
     if method.stats is not None or not method.elementwise:
         _require_finite(op, [base] if base is not None else [], models)
     stats = None
     if method.stats is not None:
-        inputs = TensorInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
+        if aligned is not None and chunked:
+            inputs = RowInputs(aligned, op.output.shape, base is not None, len(models), lend_workspace)
+        else:
+            inputs = TensorInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
         stats = method.stats(inputs, **method.keywords(op.params))
     for buffer in workspace:
         buffers.give(buffer)
     piece = Piece(op.output.name, op.seed, 0, stats, op.output.shape)
     if not chunked:
-        return method.apply(models, base, op.params, piece).to(dtype=op.output.dtype).cpu()
+        result = method.apply(models, base, op.params, piece).to(dtype=op.output.dtype)
+        if result.device.type == "cpu":
+            return result
+        # Back into a (pinned) pool buffer; waiting for the stream also covers this op's input copies,
+        # so the input buffers can be recycled once run_op returns.
+        out = buffers.take(op.output.nbytes).view(op.output.dtype).reshape(op.output.shape)
+        out.copy_(result, non_blocking=True)
+        torch.cuda.current_stream(result.device).synchronize()
+        return out
     flats = [t.reshape(-1) for t in ([base] if base is not None else []) + models]
     nbytes = op.output.nbytes
     flat_out = buffers.take(nbytes).view(op.output.dtype) if nbytes else torch.empty(0, dtype=op.output.dtype)
     out = flat_out.reshape(op.output.shape)
     split = 1 if base is not None else 0
     for start in range(0, flat_out.numel(), CHUNK):
-        chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
+        if aligned is not None:
+            chunks = [aligned.flat(k, start, start + CHUNK) for k in range(len(flats))]
+        else:
+            chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
         part = method.apply(
             chunks[split:], chunks[0] if split else None, op.params, replace(piece, offset=start)
         )
@@ -132,8 +157,9 @@ class BufferPool:
     oldest first, so the pool never holds more than the work in flight plus that limit.
     """
 
-    def __init__(self, idle_limit: int = 384 << 20) -> None:
+    def __init__(self, idle_limit: int = 384 << 20, *, pinned: bool = False) -> None:
         self.idle_limit = idle_limit
+        self.pinned = pinned  # page-locked buffers, so copies to and from a GPU run asynchronously
         self._idle: OrderedDict[int, torch.Tensor] = OrderedDict()  # data_ptr → buffer, oldest first
         self._issued: set[int] = set()
         self._idle_bytes = 0
@@ -146,7 +172,7 @@ class BufferPool:
                     del self._idle[ptr]
                     self._idle_bytes -= nbytes
                     return buffer
-        buffer = torch.empty(nbytes, dtype=torch.uint8)
+        buffer = torch.empty(nbytes, dtype=torch.uint8, pin_memory=self.pinned)
         with self._lock:
             self._issued.add(buffer.data_ptr())
         return buffer
@@ -174,9 +200,40 @@ def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
     return a.untyped_storage().data_ptr() == b.untyped_storage().data_ptr()
 
 
+GPU_WORKERS = 3  # enough streams to overlap one op's upload, another's math and a third's download
+
+
+def available_cores() -> int:
+    try:
+        return len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        return os.cpu_count() or 1
+
+
+def available_memory() -> int | None:
+    """MemAvailable from /proc/meminfo in bytes (None where there is no such file)."""
+    try:
+        with open("/proc/meminfo") as handle:
+            for line in handle:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except OSError:
+        return None
+    return None
+
+
 def default_workers(device: str) -> int:
-    """Jobs computed at once: one per core on the CPU (each single-threaded), one on a GPU."""
-    return max(1, min(4, os.cpu_count() or 1)) if torch.device(device).type == "cpu" else 1
+    """Ops computed at once: one per available core on the CPU (each single-threaded, so the cores are
+    never oversubscribed), a few streams on a GPU."""
+    return available_cores() if torch.device(device).type == "cpu" else GPU_WORKERS
+
+
+def default_readahead_bytes(workers: int) -> int:
+    """Inputs held in flight: enough to keep every worker busy on mid-sized tensors (~128 MB each), at
+    least 384 MB, and never more than a quarter of the memory available."""
+    budget = max(384 << 20, workers * (128 << 20))
+    available = available_memory()
+    return min(budget, available // 4) if available else budget
 
 
 def execute_plan(
@@ -186,7 +243,7 @@ def execute_plan(
     device: str = "cpu",
     progress: bool = True,
     readahead: int = 2,
-    readahead_bytes: int = 384 << 20,
+    readahead_bytes: int | None = None,
     workers: int | None = None,
     skip: Collection[int] = (),
 ) -> None:
@@ -201,6 +258,9 @@ def execute_plan(
         skipped = set(skip)
         ops = [op for index, op in enumerate(ops) if index not in skipped]
     workers = workers or default_workers(device)
+    readahead_bytes = readahead_bytes or default_readahead_bytes(workers)
+    on_gpu = torch.device(device).type == "cuda"
+    streams = threading.local()
     bar = tqdm(
         total=sum(op.output.nbytes for op in ops),
         unit="B",
@@ -209,7 +269,7 @@ def execute_plan(
         disable=not progress,
         dynamic_ncols=True,
     )
-    buffers = BufferPool()
+    buffers = BufferPool(pinned=on_gpu)
     # Chunked arithmetic is made of many small operations: spreading each over an OpenMP team costs
     # more in synchronisation than it gains, and collapses (10-20x slower) whenever another process
     # competes for the cores. Jobs run side by side instead, each on one intra-op thread.
@@ -232,7 +292,13 @@ def execute_plan(
 
     def compute(op: Op, reading: Future) -> torch.Tensor:
         inputs = reading.result()
-        merged = run_op(op, inputs, device, buffers)
+        if on_gpu:  # each worker thread issues its work on a stream of its own
+            if not hasattr(streams, "stream"):
+                streams.stream = torch.cuda.Stream(device)
+            with torch.cuda.stream(streams.stream):
+                merged = run_op(op, inputs, device, buffers)
+        else:
+            merged = run_op(op, inputs, device, buffers)
         for tensor in inputs:
             if not same_storage(tensor, merged):
                 buffers.give(tensor)

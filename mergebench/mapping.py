@@ -38,6 +38,7 @@ from mergebench.architecture import (
 from mergebench.config import MergeConfig, base_index
 from mergebench.errors import ConfigError, MergebenchError, PlanError
 from mergebench.sources import Source
+from mergebench.vocab import OutputTokenizer, RowSources, Vocabulary, plan_vocabulary
 
 MAX_REPORTED_PROBLEMS = 50
 
@@ -80,6 +81,7 @@ class TensorMapping:
     levels: tuple[dict, ...]  # tensor-level parameter dicts (slice, global), most specific first
     position: float  # relative layer position in [0, 1] for gradients
     copy: bool = False  # take ``reference`` as it is (no method)
+    rows: RowSources | None = None  # a vocabulary tensor aligned by token (tokenizer merging: vocab.py)
 
     @property
     def models(self) -> tuple[Operand, ...]:
@@ -95,6 +97,7 @@ class Mapping:
     tokenizer_source: Source
     output_dtype: torch.dtype | None
     config_updates: dict[str, object] = field(default_factory=dict)
+    tokenizer: OutputTokenizer | None = None  # written instead of copied when tokenizer keys are set
 
 
 def map_tensors(config: MergeConfig, sources: dict[str, Source], problems: Problems) -> Mapping:
@@ -105,16 +108,16 @@ def map_tensors(config: MergeConfig, sources: dict[str, Source], problems: Probl
 
 
 def tokenizer_source(config: MergeConfig, sources: dict[str, Source], reference: Source) -> Source:
-    """``tokenizer_source``: 'base' (default) → the reference model, or a model named in the config."""
-    name = config.tokenizer_source
-    if name in (None, "base"):
+    """Whose tokenizer files are copied when the output's tokenizer is one of the inputs' unchanged:
+    the reference model ('base', 'union', default), or the model named by ``tokenizer_source`` or
+    ``tokenizer.source``. (Building a merged vocabulary is ``vocab.plan_vocabulary``.)"""
+    key = "tokenizer.source" if config.tokenizer is not None else "tokenizer_source"
+    name = config.tokenizer.source if config.tokenizer is not None else config.tokenizer_source
+    if name in (None, "base", "union"):
         return reference
     if name in sources:
         return sources[name]
-    raise ConfigError(
-        f"tokenizer_source: {name!r} is neither 'base' nor a model named in the config"
-        + (" ('union' vocabularies are not supported)" if name == "union" else "")
-    )
+    raise ConfigError(f"{key}: {name!r} is neither 'base', 'union' nor a model named in the config")
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -140,6 +143,10 @@ def map_models(config: MergeConfig, sources: dict[str, Source], problems: Proble
     # A model listed twice keeps its first entry's parameters.
     method_models = list({entry.model: entry for entry in reversed(method_models)}.values())[::-1]
     num_layers = layer_count(reference.config, reference.tensors)
+    specs = ([base_spec] if base_spec else []) + [entry.model for entry in method_models]
+    files_source = tokenizer_source(config, sources, reference)
+    vocab = plan_vocabulary(config, sources, reference, files_source)
+    rows = vocab.rows_for(specs, 0 if base_spec is not None else None) if vocab is not None else None
     tensors = []
     for name in reference.tensors:
         inputs = [Operand(sources[entry.model], name, (entry.parameters,)) for entry in method_models]
@@ -153,9 +160,9 @@ def map_models(config: MergeConfig, sources: dict[str, Source], problems: Proble
                 reference=Operand(reference, name),
                 levels=(config.parameters,),
                 position=relative_position(name, num_layers),
+                rows=rows if vocab is not None and name in vocab.tensors else None,
             )
         )
-    specs = ([base_spec] if base_spec else []) + [entry.model for entry in method_models]
     for spec in specs:
         extra = sorted(set(sources[spec].tensors) - set(reference.tensors))
         for name in extra[:5]:
@@ -163,8 +170,10 @@ def map_models(config: MergeConfig, sources: dict[str, Source], problems: Proble
     return Mapping(
         tensors,
         reference,
-        tokenizer_source(config, sources, reference),
+        files_source,
         config.output_dtype,
+        vocab.config_updates if rows is not None and vocab is not None else {},
+        vocab.tokenizer if vocab is not None else None,
     )
 
 
@@ -280,13 +289,31 @@ def map_slices(config: MergeConfig, sources: dict[str, Source], problems: Proble
     if problems.lines:
         return Mapping(tensors, reference, reference, output_dtype)
     updates = layer_config_updates(before_layout.family, reference.config, layer_sources)
+    files_source = tokenizer_source(config, sources, reference)
+    vocab = plan_vocabulary(config, sources, reference, files_source)
+    if vocab is not None:
+        _check_slices_vocab(vocab, [tensors[0], tensors[-1]])
     return Mapping(
         tensors,
         reference,
-        tokenizer_source(config, sources, reference),
+        files_source,
         output_dtype,
         updates if reference.config is not None else {},
+        vocab.tokenizer if vocab is not None else None,
     )
+
+
+def _check_slices_vocab(vocab: Vocabulary, ends: list[TensorMapping]) -> None:
+    """A slices merge takes its tokenizer keys only where no row needs re-aligning: aligning rows by
+    token is done for ``models:`` configs (whose every tensor has the same inputs)."""
+    for tensor in ends:
+        specs = [operand.source.spec for operand in tensor.inputs]
+        if vocab.rows_for(specs, tensor.base) is not None:
+            raise PlanError(
+                f"tokenizer: the tensors outside the layers come from {', '.join(dict.fromkeys(specs))}, "
+                "whose vocabularies differ from the output's; aligning embeddings by token is supported "
+                "for 'models' configs, not 'slices'"
+            )
 
 
 def _resolve_slice(config: MergeConfig, i: int, sources: dict[str, Source], layouts: _Layouts) -> _Slice:

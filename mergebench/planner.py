@@ -22,6 +22,7 @@ from mergebench.io.writer import TensorSpec
 from mergebench.mapping import Mapping, Operand, Problems, TensorMapping, map_tensors
 from mergebench.methods.registry import MergeMethod
 from mergebench.sources import Source, local_paths, open_source
+from mergebench.vocab import OutputTokenizer, RowSources
 
 
 @dataclass(frozen=True)
@@ -57,6 +58,15 @@ class Merge:
         return (self.base, *self.models) if self.base is not None else self.models
 
 
+@dataclass(frozen=True)
+class RowMerge(Merge):
+    """A vocabulary tensor (embeddings, LM head) merged over inputs aligned by token: input k's row r is
+    what ``rows`` says — its own row of token r, or the fill mergekit gives a model that lacks the token —
+    and ``method`` then runs as for ``Merge``. The executor builds the aligned rows block by block."""
+
+    rows: RowSources = field(kw_only=True)
+
+
 Op = Copy | Merge
 
 
@@ -79,6 +89,7 @@ class MergePlan:
     sources: dict[str, Source]
     output_dtype: torch.dtype | None = None
     config_updates: dict[str, object] = field(default_factory=dict)
+    tokenizer: OutputTokenizer | None = None  # tokenizer keys: files to write (or copy) and self-check
 
     @property
     def output_specs(self) -> list[TensorSpec]:
@@ -132,6 +143,7 @@ def plan_merge(config: MergeConfig, *, allow_pickle: bool = False) -> MergePlan:
         sources,
         mapping.output_dtype,
         mapping.config_updates,
+        mapping.tokenizer,
     )
 
 
@@ -139,6 +151,8 @@ def _plan_tensor(
     config: MergeConfig, mapping: Mapping, tensor: TensorMapping, problems: Problems
 ) -> Op | None:
     reference = tensor.reference
+    if tensor.rows is not None:
+        return _plan_rows(config, mapping, tensor, tensor.rows, problems)
     output = _output_spec(tensor.output, reference, mapping.output_dtype)
     if tensor.copy:
         return Copy(output, _input(reference))
@@ -162,6 +176,40 @@ def _plan_tensor(
         params,
         config.compute_dtype,
         config.seed,
+    )
+
+
+def _plan_rows(
+    config: MergeConfig, mapping: Mapping, tensor: TensorMapping, rows: RowSources, problems: Problems
+) -> RowMerge | None:
+    """A vocabulary tensor aligned by token: inputs may differ in rows, not in the rest of the shape."""
+    reference = tensor.reference
+    want = reference.source.tensors[reference.name]
+    ok = True
+    for operand in tensor.inputs:
+        info = operand.source.tensors.get(operand.name)
+        if info is None:
+            problems.add(f"tensor {operand.name!r} is missing in model {operand.source.spec}")
+            ok = False
+        elif info.shape[1:] != want.shape[1:] or not info.dtype.is_floating_point:
+            problems.add(
+                f"tensor {operand.name!r}: rows of shape {list(info.shape[1:])} ({info.dtype}) in "
+                f"{operand.source.spec} vs {list(want.shape[1:])} ({want.dtype}) in {reference.source.spec}"
+            )
+            ok = False
+    if not ok:
+        return None
+    spec = _output_spec(tensor.output, reference, mapping.output_dtype)
+    output = TensorSpec(spec.name, (rows.count, *spec.shape[1:]), spec.dtype)
+    return RowMerge(
+        output,
+        config.method,
+        _input(tensor.inputs[tensor.base]) if tensor.base is not None else None,
+        tuple(_input(operand) for operand in tensor.models),
+        resolve_params(config.method, tensor, problems),
+        config.compute_dtype,
+        config.seed,
+        rows=rows,
     )
 
 
@@ -224,7 +272,11 @@ def _check_same_tensor(reference: Operand, other: Operand, problems: Problems) -
         problems.add(f"tensor {other.name!r} is missing in model {other.source.spec}")
         return False
     if info.shape != want.shape:
-        hint = " (different vocabulary sizes?)" if VOCAB_TENSOR.search(other.name) else ""
+        hint = (
+            " (different vocabulary sizes? tokenizer_source: union or base aligns them by token)"
+            if VOCAB_TENSOR.search(other.name)
+            else ""
+        )
         problems.add(
             f"tensor {other.name!r}: shape {list(info.shape)} in {other.source.spec} vs "
             f"{list(want.shape)} in {reference.source.spec}{hint}"

@@ -7,7 +7,7 @@ import torch
 
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
-from mergebench.methods import get_method
+from mergebench.methods import all_methods, get_method
 from mergebench.planner import Merge
 
 PARAMS = {
@@ -88,3 +88,39 @@ def test_buffer_pool_recycles_by_size_and_bounds_idle_memory():
     # only 200 idle bytes fit the limit: the oldest buffer was dropped
     reused = {pool.take(100).data_ptr() for _ in range(3)}
     assert buffers[0].data_ptr() not in reused and {b.data_ptr() for b in buffers[1:]} <= reused
+
+
+def default_params(method, count: int) -> dict:
+    """Every declared parameter: its default, or a plausible value where it is required."""
+    values = {}
+    for p in method.params:
+        value = p.default if p.default is not None else (0.5 if p.name != "weight" else 0.7)
+        values[p.name] = tuple([value] * count) if p.per_model else value
+    return values
+
+
+@pytest.mark.parametrize("method_name", sorted(all_methods()))
+@pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
+def test_every_method_gives_the_same_result_on_the_gpu_path(monkeypatch, method_name, dtype):
+    """The whole-tensor path a GPU takes (run here on the CPU) equals the CPU's default path for every
+    registered method: chunked for elementwise methods, whole tensors for the others."""
+    method = get_method(method_name)
+    count = method.model_count or 3
+    generator = torch.Generator().manual_seed(1)
+    base = torch.randn(37, 91, generator=generator)
+    tensors = [base] + [base + 0.02 * torch.randn(base.shape, generator=generator) for _ in range(count)]
+    tensors = [t.to(dtype) for t in tensors]
+    uses_base = method.base != "unused"
+    job = Merge(
+        output=TensorSpec("model.layers.0.self_attn.q_proj.weight", tuple(base.shape), dtype),
+        method=method,
+        base=InMemory() if uses_base else None,
+        models=(InMemory(),) * count,
+        params=default_params(method, count),
+        seed=5,
+    )
+    monkeypatch.setattr(execute, "CHUNK", 1000)
+    inputs = tensors if uses_base else tensors[1:]
+    cpu = execute.run_op(job, list(inputs))
+    gpu_path = execute.run_op(job, list(inputs), "cpu", chunked=False)
+    assert torch.allclose(cpu.float(), gpu_path.float(), rtol=1e-6, atol=1e-6), method_name

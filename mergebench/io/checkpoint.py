@@ -34,6 +34,31 @@ def safe_child(directory: Path, name: object, what: str) -> Path:
     return directory / name
 
 
+def link_root(directory: Path) -> Path:
+    """Where the files of model ``directory`` may really live: the directory itself, or for a Hugging
+    Face hub-cache snapshot (``<repo cache>/snapshots/<revision>``, files linked into ``../../blobs``)
+    the repo cache that holds both."""
+    for candidate in (Path(os.path.abspath(directory)), Path(os.path.realpath(directory))):
+        if candidate.parent.name == "snapshots" and (candidate.parent.parent / "blobs").is_dir():
+            return Path(os.path.realpath(candidate.parent.parent))
+    return Path(os.path.realpath(directory))
+
+
+def check_within_model(path: Path, directory: Path) -> None:
+    """Refuse a file of ``directory`` that resolves (through links) outside it or its hub repo cache.
+
+    Side files are copied into the published model: a ``tokenizer_config.json`` linked to any file on
+    the machine would otherwise ship that file's contents with the model.
+    """
+    real = Path(os.path.realpath(path))
+    root = link_root(directory)
+    if real != root and root not in real.parents:
+        raise CheckpointError(
+            f"{path}: links to {real}, outside the model directory {directory}; "
+            "refusing to copy it into the output (copy the file in instead of linking it)"
+        )
+
+
 @dataclass(eq=False)
 class Checkpoint:
     """One input model: its directory, tensor headers, and ``config.json``.

@@ -7,12 +7,13 @@ tokenizer, and which are copied into an output model.
 from __future__ import annotations
 
 import json
-import shutil
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
 from mergebench.dtypes import dtype_name
+from mergebench.io.checkpoint import check_within_model
+from mergebench.io.writer import copy_file, write_file
 from mergebench.version import __version__
 
 if TYPE_CHECKING:
@@ -58,16 +59,37 @@ def write_config(
         if "dtype" in config:
             config["dtype"] = config["torch_dtype"]
     config.update(updates or {})
-    (directory / CONFIG_FILE).write_text(json.dumps(config, indent=2, sort_keys=True) + "\n")
+    write_file(directory / CONFIG_FILE, json.dumps(config, indent=2, sort_keys=True) + "\n")
 
 
-def copy_side_files(directory: Path, reference_dir: Path, tokenizer_dir: Path) -> None:
+def side_files(reference_dir: Path, tokenizer_dir: Path | None) -> list[Path]:
+    """The files an output copies from its inputs: generation config from the reference model,
+    tokenizer files from the tokenizer source (none when ``tokenizer_dir`` is None: the merge writes a
+    tokenizer of its own). Each must lie inside its model (``check_within_model``), and so must the
+    reference's config.json, whose contents the output's config.json carries."""
+    config, generation = reference_dir / CONFIG_FILE, reference_dir / GENERATION_CONFIG
+    if config.is_file():
+        check_within_model(config, reference_dir)
+    copied = [(generation, reference_dir)] if generation.is_file() else []
+    if tokenizer_dir is not None:
+        copied += [(path, tokenizer_dir) for path in tokenizer_files(tokenizer_dir)]
+    for path, directory in copied:
+        check_within_model(path, directory)
+    return [path for path, _ in copied]
+
+
+def copy_side_files(directory: Path, reference_dir: Path, tokenizer_dir: Path | None) -> None:
     """Generation config from the reference model, tokenizer files from the tokenizer source."""
-    generation = reference_dir / GENERATION_CONFIG
-    if generation.is_file():
-        shutil.copyfile(generation, directory / GENERATION_CONFIG)
-    for path in tokenizer_files(tokenizer_dir):
-        shutil.copyfile(path, directory / path.name)
+    for path in side_files(reference_dir, tokenizer_dir):
+        copy_file(path, directory / path.name)
+
+
+def write_tokenizer_files(directory: Path, files: dict[str, bytes]) -> None:
+    """A merged tokenizer's files (as transformers saved them at plan time: vocab.plan_vocabulary)."""
+    for name, data in files.items():
+        if Path(name).name != name or name.startswith("."):
+            raise ValueError(f"tokenizer file name {name!r} is not a plain file name")
+        write_file(directory / name, data)
 
 
 def write_model_card(
@@ -89,4 +111,4 @@ def write_model_card(
     if details:
         body += [details.rstrip(), ""]
     body += ["## Configuration", "", "```yaml", config_text.rstrip(), "```", ""]
-    (directory / "README.md").write_text("\n".join(front + body))
+    write_file(directory / "README.md", "\n".join(front + body))

@@ -59,15 +59,37 @@ def read_header(path: Path) -> tuple[dict[str, TensorInfo], dict[str, str]]:
         raise CheckpointError(f"{path}: corrupt safetensors header (not a JSON object)")
     metadata = header.pop("__metadata__", None) or {}
     data_start = 8 + header_len
-    infos: dict[str, TensorInfo] = {}
-    data_end = 0
-    for name, entry in header.items():
-        infos[name] = _tensor_info(path, name, entry, data_start)
-        data_end = max(data_end, entry["data_offsets"][1])
+    infos = {name: _tensor_info(path, name, entry, data_start) for name, entry in header.items()}
+    _check_layout(path, infos, data_start, size)
+    return infos, metadata
+
+
+def _check_layout(path: Path, infos: dict[str, TensorInfo], data_start: int, size: int) -> None:
+    """The data section must be exactly the tensors' bytes, back to back from offset 0: what the
+    safetensors library requires (it refuses overlaps, gaps and trailing bytes). Two tensors sharing
+    bytes would otherwise be read as each other's data without any error."""
+    data_end = max((info.offset + info.nbytes - data_start for info in infos.values()), default=0)
     if data_start + data_end > size:
         missing = data_start + data_end - size
         raise CheckpointError(f"{path}: truncated shard ({missing} bytes of tensor data missing)")
-    return infos, metadata
+    expected, previous = 0, None
+    for info in sorted(infos.values(), key=lambda i: (i.offset, i.offset + i.nbytes)):
+        start, end = info.offset - data_start, info.offset - data_start + info.nbytes
+        if start < expected:
+            raise CheckpointError(
+                f"{path}: tensor {info.name!r} (data bytes {start}..{end}) overlaps tensor "
+                f"{previous!r} (ending at {expected}) in the data section"
+            )
+        if start > expected:
+            where = f"after tensor {previous!r}" if previous else "at the start of the data section"
+            raise CheckpointError(
+                f"{path}: tensor {info.name!r} starts at data byte {start}, leaving {start - expected} "
+                f"unused bytes {where}"
+            )
+        expected, previous = end, info.name
+    if data_start + expected < size:
+        last = f"the end of tensor {previous!r}, the last in the data section" if previous else "the header"
+        raise CheckpointError(f"{path}: {size - data_start - expected} bytes after {last} (corrupt shard)")
 
 
 def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> TensorInfo:

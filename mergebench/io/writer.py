@@ -3,26 +3,42 @@
 Every output tensor's shape and dtype are known from the plan, so shard boundaries, file names and
 each shard's header are fixed before any data is computed. Tensors are then appended to their shard
 as they arrive: no shard is ever assembled in memory.
+
+Every output byte goes through ``OutputFile`` (raw descriptor, synced on close), so any OS error on
+the output side — a full disk at a write, a sync or a close — is one ``OutputError`` naming the file.
+``OutputDirectory`` owns everything beside the output: the lock that keeps two runs out of one
+directory, the partial directory (with a record of its owner and finished shards, so a killed run can
+be cleaned up or resumed) and the atomic rename into place.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
+import fcntl
+import hashlib
 import json
 import os
 import re
 import shutil
+import socket
+import sys
 import tempfile
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import BinaryIO
 
 import torch
 
 from mergebench.dtypes import safetensors_code
-from mergebench.errors import OutputError
+from mergebench.errors import CheckpointError, OutputError
 
 INDEX_NAME = "model.safetensors.index.json"
+# Inside a partial directory: who writes it and which shards are finished (removed before publishing).
+PARTIAL_RECORD = ".mergebench-partial.json"
+# Test hook: "N" pauses the writer before the N-th tensor (N = all tensors: before the index),
+# "N.5" halfway through tensor N's bytes; it says so on stderr and waits for a line on stdin.
+PAUSE_ENV = "MERGEBENCH_TEST_PAUSE"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
@@ -100,8 +116,126 @@ def _header_bytes(shard: Sequence[TensorSpec]) -> bytes:
     return len(raw).to_bytes(8, "little") + raw
 
 
+def shard_files(shards: Sequence[Sequence[TensorSpec]]) -> list[str]:
+    count = len(shards)
+    return [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+
+
+def warn(message: str) -> None:
+    """A ``warning:`` line on stderr: something beside the output was cleaned up and the run goes on."""
+    print(f"warning: {message}", file=sys.stderr, flush=True)
+
+
+def _reason(exc: OSError) -> str:
+    return exc.strerror or str(exc)
+
+
+def _close_quietly(fd: int) -> None:
+    with contextlib.suppress(OSError):
+        os.close(fd)
+
+
+class OutputFile:
+    """A new output file written through its raw descriptor.
+
+    Buffered file objects report a full disk at some later flush or close (or not at all when the
+    error happens while another exception unwinds); here every write, the sync and the close report
+    it at once as one ``OutputError`` naming the file. ``close`` returns only once the data is on
+    disk, so a published model (and a shard recorded for ``--resume``) survives a power loss.
+    """
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.size = 0
+        try:
+            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot create ({_reason(exc)})") from None
+
+    def write(self, data: bytes | memoryview) -> None:
+        view = memoryview(data).cast("B")
+        try:
+            while view:
+                written = os.write(self._fd, view)
+                view = view[written:]
+                self.size += written
+        except OSError as exc:
+            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+
+    def close(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd < 0:
+            return
+        try:
+            os.fsync(fd)
+        except OSError as exc:
+            _close_quietly(fd)
+            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+        try:
+            os.close(fd)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+
+    def abort(self) -> None:
+        fd, self._fd = self._fd, -1
+        if fd >= 0:
+            _close_quietly(fd)
+
+    def __enter__(self) -> OutputFile:
+        return self
+
+    def __exit__(self, exc_type, exc, tb) -> None:
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+
+def write_file(path: Path, data: bytes | str) -> None:
+    """Create ``path`` holding ``data``, synced to disk; a failure is an ``OutputError`` naming it."""
+    with OutputFile(path) as handle:
+        handle.write(data.encode() if isinstance(data, str) else data)
+
+
+def copy_file(source: Path, destination: Path) -> None:
+    """Copy a side file's bytes (a read failure names the source, a write failure the destination)."""
+    try:
+        data = source.read_bytes()
+    except OSError as exc:
+        raise CheckpointError(f"{source}: cannot read ({_reason(exc)})") from None
+    write_file(destination, data)
+
+
+def sync_directory(path: Path) -> None:
+    """Make a directory's entries (new files, renames) durable."""
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_DIRECTORY | os.O_CLOEXEC)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    except OSError as exc:
+        raise OutputError(f"{path}: cannot sync directory ({_reason(exc)})") from None
+
+
+def _pause_point() -> float | None:
+    value = os.environ.get(PAUSE_ENV)
+    try:
+        return float(value) if value else None
+    except ValueError:
+        return None
+
+
+ShardDone = Callable[[str, int, str], None]  # (file name, size, sha256) of a finished, synced shard
+
+
 class ShardedWriter:
-    """Streams tensors, in plan order, into ``model-0000i-of-0000N.safetensors`` plus the index json."""
+    """Streams tensors, in plan order, into ``model-0000i-of-0000N.safetensors`` plus the index json.
+
+    A shard is synced and closed as soon as its last tensor is written, and ``on_shard_done`` hears of
+    it with its size and sha256 (the record ``--resume`` trusts). ``done_shards`` shards are already
+    in ``directory`` from an interrupted run: writing starts at the first tensor of the next one.
+    """
 
     def __init__(
         self,
@@ -110,6 +244,8 @@ class ShardedWriter:
         max_shard_size: int,
         *,
         single_file: str | None = None,
+        done_shards: int = 0,
+        on_shard_done: ShardDone | None = None,
     ) -> None:
         self.directory = directory
         self.single_file = single_file
@@ -118,65 +254,82 @@ class ShardedWriter:
             self.file_names = [single_file]
         else:
             self.shards = assign_shards(specs, max_shard_size)
-            count = len(self.shards)
-            self.file_names = [f"model-{i + 1:05d}-of-{count:05d}.safetensors" for i in range(count)]
+            self.file_names = shard_files(self.shards)
         self._order = [(shard_index, spec) for shard_index, shard in enumerate(self.shards) for spec in shard]
-        self._position = 0
-        self._handle: BinaryIO | None = None
+        self.first_position = sum(len(shard) for shard in self.shards[:done_shards])
+        self._position = self.first_position
+        self._file: OutputFile | None = None
+        self._hash: hashlib._Hash | None = None
         self._open_shard = -1
+        self._on_shard_done = on_shard_done
+        self._pause = _pause_point()
 
     def write(self, name: str, tensor: torch.Tensor) -> None:
         """Append the next tensor; it must be the one the plan put next, with its planned shape/dtype."""
         shard_index, spec = self._order[self._position]
         if name != spec.name or tuple(tensor.shape) != spec.shape or tensor.dtype != spec.dtype:
             raise RuntimeError(f"writer expected {spec}, got {name} {tuple(tensor.shape)} {tensor.dtype}")
+        self._maybe_pause(self._position)
         if shard_index != self._open_shard:
-            self._switch_to(shard_index)
-        assert self._handle is not None
+            self._start(shard_index)
         if spec.nbytes:
-            data = tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8)
-            self._write(memoryview(data.numpy()))
+            data = memoryview(tensor.detach().to("cpu").contiguous().reshape(-1).view(torch.uint8).numpy())
+            if self._pause == self._position + 0.5:
+                self._emit(data[: len(data) // 2])
+                self._maybe_pause(self._position + 0.5)
+                data = data[len(data) // 2 :]
+            self._emit(data)
         self._position += 1
+        if self._position == len(self._order) or self._order[self._position][0] != shard_index:
+            self._finish()
 
-    def _switch_to(self, shard_index: int) -> None:
-        self._close_handle()
-        path = self.directory / self.file_names[shard_index]
-        try:
-            self._handle = open(path, "wb")
-        except OSError as exc:
-            raise OutputError(f"{path}: cannot create shard ({exc.strerror})") from None
+    def _start(self, shard_index: int) -> None:
+        self.abort()
+        self._file = OutputFile(self.directory / self.file_names[shard_index])
+        self._hash = hashlib.sha256() if self._on_shard_done is not None else None
         self._open_shard = shard_index
-        self._write(_header_bytes(self.shards[shard_index]))
+        self._emit(_header_bytes(self.shards[shard_index]))
 
-    def _write(self, data) -> None:
-        assert self._handle is not None
-        try:
-            self._handle.write(data)
-        except OSError as exc:  # e.g. disk full: the output directory is discarded by the caller
-            raise OutputError(f"{self._handle.name}: write failed ({exc.strerror})") from None
+    def _emit(self, data: bytes | memoryview) -> None:
+        assert self._file is not None
+        self._file.write(data)
+        if self._hash is not None:
+            self._hash.update(data)
 
-    def _close_handle(self) -> None:
-        if self._handle is not None:
-            self._handle.close()
-            self._handle = None
+    def _finish(self) -> None:
+        """Sync and close the open shard, then record it as done."""
+        assert self._file is not None
+        file, self._file = self._file, None
+        file.close()
+        if self._on_shard_done is not None and self._hash is not None:
+            self._on_shard_done(file.path.name, file.size, self._hash.hexdigest())
+
+    def _maybe_pause(self, point: float) -> None:
+        if self._pause is not None and point == self._pause:
+            os.write(2, f"mergebench: paused at {point:g} ({PAUSE_ENV})\n".encode())
+            sys.stdin.readline()
 
     def close(self) -> None:
-        """Finish the last shard and write the index; every planned tensor must have arrived."""
-        self._close_handle()
+        """Write the index (every planned tensor must have arrived; every shard is already closed)."""
         if self._position != len(self._order):
+            self.abort()
             raise RuntimeError(f"writer closed after {self._position} of {len(self._order)} tensors")
+        self._maybe_pause(len(self._order))
         if self.single_file is not None:
             if not self._order:  # an empty file still gets its header
-                self._switch_to(0)
-                self._close_handle()
+                self._start(0)
+                self._finish()
             return
         weight_map = {spec.name: self.file_names[i] for i, spec in self._order}
         total = sum(spec.nbytes for _, spec in self._order)
         index = {"metadata": {"total_size": total}, "weight_map": weight_map}
-        (self.directory / INDEX_NAME).write_text(json.dumps(index, indent=2) + "\n")
+        write_file(self.directory / INDEX_NAME, json.dumps(index, indent=2) + "\n")
 
     def abort(self) -> None:
-        self._close_handle()
+        """Drop the open shard's descriptor (its partial file goes with the partial directory)."""
+        if self._file is not None:
+            self._file.abort()
+            self._file = None
 
 
 def save_tensors(path: Path, tensors: Mapping[str, torch.Tensor]) -> None:
@@ -196,60 +349,343 @@ def _is_within(path: Path, parent: Path) -> bool:
     return path == parent or parent in path.parents
 
 
+# ---- beside the output: lock, owner record, stale and resumable partial directories ---------------
+
+
+def _process_start(pid: int) -> tuple[str, int] | None:
+    """(state, start time in clock ticks since boot) of a process, from /proc (None where unknown)."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+        fields = stat[stat.rindex(")") + 2 :].split()
+        return fields[0], int(fields[19])
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def _owner() -> dict[str, object]:
+    started = _process_start(os.getpid())
+    return {"pid": os.getpid(), "start": started[1] if started else None, "host": socket.gethostname()}
+
+
+def _owner_alive(owner: object) -> bool:
+    """Whether the run that wrote a partial directory may still be running (unknown counts as alive)."""
+    if not isinstance(owner, dict) or not isinstance(owner.get("pid"), int):
+        return False  # no owner record: its run died before writing one (we hold the lock)
+    if owner.get("host") != socket.gethostname():
+        return True  # another machine's process: cannot tell, leave it alone
+    pid = owner["pid"]
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        pass  # exists, owned by someone else
+    started = _process_start(pid)
+    if started is None:
+        return True
+    state, start = started
+    return state != "Z" and (owner.get("start") is None or owner.get("start") == start)  # else: pid reused
+
+
+def _read_record(directory: Path) -> dict | None:
+    try:
+        record = json.loads((directory / PARTIAL_RECORD).read_text())
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError):
+        return None
+    return record if isinstance(record, dict) else None
+
+
+def _sha256_of(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        while chunk := handle.read(1 << 22):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _umask() -> int:
+    """The process umask, read without changing it (``os.umask`` would, for every thread)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _remove_partial(path: Path, why: str) -> None:
+    shutil.rmtree(path, ignore_errors=True)
+    warn(why if not path.exists() else f"could not remove {path}, left by an interrupted mergebench run")
+
+
+class OutputLock:
+    """An exclusive ``flock`` on ``.<name>.lock`` beside the output, held from the target check to the
+    rename, so two runs can never both publish into one directory (the second is refused at once).
+
+    The holder unlinks the file before closing it; a run that opened the old file before the unlink
+    sees a different inode after locking and tries again, so removing the file never lets two in.
+    """
+
+    def __init__(self, target: Path) -> None:
+        self.target = target
+        self.path = target.with_name(f".{target.name}.lock")
+        self._fd: int | None = None
+
+    def acquire(self) -> None:
+        while True:
+            try:
+                fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o666)
+            except OSError as exc:
+                raise OutputError(f"{self.path}: cannot create lock file ({_reason(exc)})") from None
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                _close_quietly(fd)
+                raise OutputError(
+                    f"{self.target}: another mergebench run is writing this output (it holds {self.path}); "
+                    "wait for it to finish or choose another directory"
+                ) from None
+            except OSError as exc:
+                if exc.errno not in (errno.ENOLCK, errno.EOPNOTSUPP, errno.ENOSYS, errno.EINVAL):
+                    _close_quietly(fd)
+                    raise OutputError(f"{self.path}: cannot lock ({_reason(exc)})") from None
+                warn(f"{self.path}: this file system cannot lock files; concurrent runs are not detected")
+            try:
+                current = os.stat(self.path)
+                mine = os.fstat(fd)
+                same = (current.st_dev, current.st_ino) == (mine.st_dev, mine.st_ino)
+            except OSError:
+                same = False
+            if same:
+                self._fd = fd
+                return
+            _close_quietly(fd)  # the holder removed the file after we opened it: lock the new one
+
+    def release(self) -> None:
+        if self._fd is None:
+            return
+        with contextlib.suppress(OSError):
+            os.unlink(self.path)
+        _close_quietly(self._fd)
+        self._fd = None
+
+
 class OutputDirectory:
     """A temporary directory beside ``target``, renamed into place only when everything succeeded.
 
     A failure or interruption removes the temporary directory (and parents this created), so no
     half-written model is ever left at ``target``; an existing ``target`` is only replaced with
-    ``overwrite`` and never when it is, contains, or lies inside an input model.
+    ``overwrite`` and never when it is, contains, or lies inside an input model. A ``target`` that is a
+    symbolic link is published into the directory it points to (the link stays).
+
+    Under the lock, partial directories of dead runs into the same target are removed (a warning
+    says so) — or, with ``resume`` and the same ``identity`` (config and plan), the one with the most
+    recorded shards that still match their size and sha256 is taken over: ``done_shards`` lists them.
     """
 
-    def __init__(self, target: Path, *, overwrite: bool, inputs: Sequence[Path] = ()) -> None:
-        self.target = Path(os.path.abspath(target))
-        check_output_target(self.target, overwrite=overwrite, inputs=inputs)
-        self._created_parents: list[Path] = []
+    def __init__(
+        self,
+        target: Path,
+        *,
+        overwrite: bool,
+        inputs: Sequence[Path] = (),
+        resume: bool = False,
+        identity: dict | None = None,
+    ) -> None:
+        self.target = Path(os.path.realpath(target))
+        self.overwrite = overwrite
+        self.inputs = list(inputs)
+        self.resume = resume
+        self.identity = identity
+        check_output_target(self.target, overwrite=overwrite, inputs=self.inputs)
+        self.done_shards: list[dict] = []
         self.temp: Path | None = None
+        self._lock = OutputLock(self.target)
+        self._created_parents: list[Path] = []
+        self._mode = 0o755
 
     def __enter__(self) -> Path:
+        self._mode = 0o777 & ~_umask()
         parent = self.target.parent
-        missing = [p for p in [parent, *parent.parents] if not p.exists()]
+        self._created_parents = [p for p in [parent, *parent.parents] if not p.exists()]
         try:
-            parent.mkdir(parents=True, exist_ok=True)
-            self._created_parents = missing
-            self.temp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=parent))
-        except OSError as exc:
-            raise OutputError(f"{self.target}: cannot create output directory ({exc.strerror})") from None
+            try:
+                parent.mkdir(parents=True, exist_ok=True)
+            except OSError as exc:
+                raise OutputError(f"{self.target}: cannot create output directory ({_reason(exc)})") from None
+            self._lock.acquire()
+            # Again, under the lock: a run that held it may have published here meanwhile.
+            check_output_target(self.target, overwrite=self.overwrite, inputs=self.inputs)
+            self.temp = self._take_over_partial() or self._new_partial()
+        except BaseException:
+            self._discard()
+            raise
         return self.temp
 
     def __exit__(self, exc_type, exc, tb) -> None:
-        assert self.temp is not None
         if exc_type is not None:
             self._discard()
+            if isinstance(exc, OSError):  # a write of the caller's that no helper converted
+                where = exc.filename or self.target
+                raise OutputError(f"{where}: cannot write output ({_reason(exc)})") from None
             return
         try:
             self._publish()
-        except OSError as error:
+        except BaseException:
             self._discard()
-            raise OutputError(f"{self.target}: cannot publish output ({error.strerror})") from None
+            raise
+        self._lock.release()
+
+    def record_shard(self, file_name: str, size: int, sha256: str) -> None:
+        """A shard is complete and synced: note it, atomically, for ``--resume``."""
+        self.done_shards.append({"file": file_name, "size": size, "sha256": sha256})
+        self._save_record()
+
+    def _save_record(self) -> None:
+        assert self.temp is not None
+        record = {"owner": _owner(), "identity": self.identity, "shards": self.done_shards}
+        staged = self.temp / f"{PARTIAL_RECORD}.tmp"
+        write_file(staged, json.dumps(record, indent=1) + "\n")
+        try:
+            os.replace(staged, self.temp / PARTIAL_RECORD)
+        except OSError as exc:
+            raise OutputError(f"{self.temp / PARTIAL_RECORD}: cannot write ({_reason(exc)})") from None
+        sync_directory(self.temp)
+
+    def _new_partial(self) -> Path:
+        try:
+            self.temp = Path(tempfile.mkdtemp(prefix=f".{self.target.name}.partial-", dir=self.target.parent))
+        except OSError as exc:
+            raise OutputError(f"{self.target}: cannot create output directory ({_reason(exc)})") from None
+        self._save_record()  # the owner, so a later run can tell when this one is dead
+        return self.temp
+
+    def _take_over_partial(self) -> Path | None:
+        """Remove the partial directories of dead runs; with ``resume``, keep the best verified one."""
+        dead = []
+        for path in sorted(self.target.parent.glob(f".{self.target.name}.partial-*")):
+            if path.is_symlink() or not path.is_dir():
+                continue
+            record = _read_record(path)
+            if not _owner_alive(record.get("owner") if record else None):
+                dead.append((path, record))
+        if self.resume and not dead:
+            warn(f"--resume: no interrupted run into {self.target} found; starting fresh")
+        chosen: tuple[Path, list[dict]] | None = None
+        if self.resume:
+            same_job = [(p, r) for p, r in dead if r and self.identity and r.get("identity") == self.identity]
+            for path, record in sorted(same_job, key=lambda item: -len(item[1].get("shards") or [])):
+                problem = self._verify(path, record)
+                if problem is None:
+                    chosen = (path, record["shards"])
+                    break
+                _remove_partial(path, f"cannot resume from {path}: {problem}; removed it, starting fresh")
+        for path, record in dead:
+            if (chosen and path == chosen[0]) or not path.exists():
+                continue
+            if self.resume:
+                what = (
+                    "it was made from another config, plan or inputs" if record else "its record is damaged"
+                )
+                why = f"cannot resume from {path}: {what}; removed it, starting fresh"
+            else:
+                owner = record.get("owner") if record else None
+                pid = owner.get("pid") if isinstance(owner, dict) else None
+                by = f"pid {pid}" if pid else "no owner record"
+                why = f"removed {path}, left by an interrupted mergebench run ({by})"
+            _remove_partial(path, why)
+        return self._adopt(*chosen) if chosen else None
+
+    def _verify(self, path: Path, record: dict) -> str | None:
+        """Why the recorded shards of ``path`` cannot be kept, or None when each matches size and sha256."""
+        assert self.identity is not None
+        expected = self.identity.get("files") or []
+        shards = record.get("shards")
+        if not isinstance(shards, list) or len(shards) > len(expected):
+            return "its record is damaged"
+        for name, entry in zip(expected, shards, strict=False):
+            if not isinstance(entry, dict) or entry.get("file") != name:
+                return "its record is damaged"
+            file = path / name
+            try:
+                if file.is_symlink() or not file.is_file():
+                    return f"{name} is missing"
+                if file.stat().st_size != entry.get("size"):
+                    return f"{name} does not have its recorded size"
+                if _sha256_of(file) != entry.get("sha256"):
+                    return f"{name} does not match its recorded sha256"
+            except OSError as exc:
+                return f"{name} is unreadable ({_reason(exc)})"
+        return None
+
+    def _adopt(self, path: Path, shards: list[dict]) -> Path:
+        keep = {entry["file"] for entry in shards}
+        try:
+            for child in path.iterdir():
+                if child.name not in keep:
+                    shutil.rmtree(child) if child.is_dir() and not child.is_symlink() else child.unlink()
+        except OSError as exc:
+            raise OutputError(f"{path}: cannot clean up for --resume ({_reason(exc)})") from None
+        self.temp = path
+        self.done_shards = list(shards)
+        self._save_record()  # now ours
+        total = len(self.identity.get("files") or []) if self.identity else 0
+        print(f"resuming from {path}: {len(shards)} of {total} shards kept", file=sys.stderr, flush=True)
+        return path
 
     def _publish(self) -> None:
+        """Drop the record, set the umask's mode, and rename into place (rolled back on any failure)."""
         assert self.temp is not None
+        temp, target = self.temp, self.target
+        try:
+            os.unlink(temp / PARTIAL_RECORD)
+            os.chmod(temp, self._mode)
+        except OSError as exc:
+            raise OutputError(f"{temp}: cannot finish output ({_reason(exc)})") from None
+        sync_directory(temp)
         old = None
-        if self.target.exists():
-            old = self.target.with_name(f".{self.target.name}.old-{os.getpid()}")
-            os.rename(self.target, old)
-        os.rename(self.temp, self.target)
+        if os.path.lexists(target):  # replaced only once the new output is in place (--overwrite)
+            old = target.with_name(f".{target.name}.old-{os.getpid()}-{os.urandom(4).hex()}")
+        try:
+            if old is not None:
+                os.rename(target, old)
+            os.rename(temp, target)
+            sync_directory(target.parent)
+        except (OSError, OutputError) as exc:
+            if os.path.lexists(target) and not os.path.lexists(temp):
+                with contextlib.suppress(OSError):
+                    os.rename(target, temp)  # undo: the new output back into the partial directory
+            kept = ""
+            if old is not None and os.path.lexists(old):
+                try:
+                    os.rename(old, target)
+                except OSError:
+                    kept = f"; the previous output is at {old}"
+            if isinstance(exc, OutputError):
+                raise OutputError(f"{exc}{kept}") from None
+            raise OutputError(f"{target}: cannot publish output ({_reason(exc)}){kept}") from None
+        self.temp = None
         if old is not None:
-            shutil.rmtree(old) if old.is_dir() else old.unlink()
+            shutil.rmtree(old, ignore_errors=True)
+            if os.path.lexists(old):
+                warn(f"published {target}, but could not remove the replaced output at {old}")
 
     def _discard(self) -> None:
         if self.temp is not None:
             shutil.rmtree(self.temp, ignore_errors=True)
+            self.temp = None
+        self._lock.release()
         for directory in self._created_parents:  # deepest first
             try:
                 directory.rmdir()
+            except FileNotFoundError:
+                continue
             except OSError:
                 break
+        self._created_parents = []
 
 
 def check_output_target(target: Path, *, overwrite: bool, inputs: Sequence[Path]) -> None:

@@ -80,7 +80,9 @@ def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
     if n > 1 << 20:
         sample = magnitude[:: n // (1 << 16)].float()
         q = 1.0 - k / n
-        bounds = torch.quantile(sample, torch.tensor([max(q - 0.01, 0.0), min(q + 0.01, 1.0)]))
+        bounds = torch.quantile(
+            sample, torch.tensor([max(q - 0.01, 0.0), min(q + 0.01, 1.0)], device=sample.device)
+        )
         lo, hi = bounds[0].item(), bounds[1].item()
         above = int(torch.count_nonzero(magnitude > hi))
         if above < k:
