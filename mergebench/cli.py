@@ -30,6 +30,9 @@ class CommandGroup(click.Group):
         previous = signal.signal(signal.SIGTERM, _raise_interrupt)
         try:
             return super().invoke(ctx)
+        except click.UsageError as exc:  # a flag or argument click itself refused: same one-line form
+            click.echo(f"error: {' '.join(exc.format_message().split())}", err=True)
+            sys.exit(ConfigError.exit_code)
         except MergebenchError as exc:
             for line in str(exc).splitlines() or [type(exc).__name__]:
                 click.echo(f"error: {line}", err=True)
@@ -145,6 +148,13 @@ def merge(
         from mergebench.quickeval import check_data
 
         check_data(eval_files, eval_device)  # before merging: a bad file must not cost a whole merge
+        from mergebench.errors import EvalError
+        from mergebench.io.model_files import has_tokenizer
+
+        specs = [] if recipe else config.model_specs()
+        for spec in specs:  # local models only: hub ids are resolved when evaluated
+            if Path(spec).is_dir() and not has_tokenizer(Path(spec)):
+                raise EvalError(f"{spec}: model directory has no tokenizer, so --eval cannot run on it")
     options = MergeOptions(
         max_shard_size=max_shard_size,
         device=check_device(device),

@@ -161,6 +161,8 @@ def load_model(model_dir: str | os.PathLike, device: str | None = "auto"):
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
     d = Path(model_dir)
+    if d.exists() and not d.is_dir():
+        raise EvalError(f"{d}: expected a model directory, found a file")
     if not d.is_dir():
         raise EvalError(f"{d}: model directory not found")
     if not (d / "config.json").is_file():

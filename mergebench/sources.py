@@ -49,6 +49,12 @@ def local_paths(spec: str) -> list[Path]:
     return [Path(part) for part in parts if Path(part).exists()]
 
 
+def shown(spec: str) -> str:
+    """A model string as messages show it: as written, or quoted when it holds a newline or another
+    control character (a YAML block scalar leaves a trailing newline) — an error stays one line."""
+    return spec if spec.isprintable() else repr(spec)
+
+
 def resolve_model_dir(spec: str) -> Path:
     """Map a model string to a local directory: an existing path, else a hub id via huggingface_hub.
 
@@ -58,11 +64,11 @@ def resolve_model_dir(spec: str) -> Path:
     local = Path(spec).expanduser()
     if local.exists():
         if not local.is_dir():
-            raise CheckpointError(f"{spec}: expected a model directory, found a file")
+            raise CheckpointError(f"{shown(spec)}: expected a model directory, found a file")
         return local
     repo_id, _, revision = spec.partition("@")
     if not REPO_ID.match(repo_id) or spec.startswith((".", "/", "~")):
-        raise CheckpointError(f"{spec}: model directory not found")
+        raise CheckpointError(f"{shown(spec)}: model directory not found")
     return _hub_snapshot(spec, repo_id, revision or None)
 
 
@@ -79,15 +85,21 @@ def _hub_snapshot(spec: str, repo_id: str, revision: str | None) -> Path:
     except LocalEntryNotFoundError:
         pass
     except Exception as exc:  # huggingface_hub raises many types; all mean "unusable"
-        raise CheckpointError(f"{spec}: not a local directory, and the hub cache failed: {exc}") from None
+        raise CheckpointError(
+            f"{shown(spec)}: not a local directory, and the hub cache failed ({_first_line(exc)})"
+        ) from None
     try:
         return Path(snapshot_download(repo_id, revision=revision, allow_patterns=HUB_ALLOW_PATTERNS))
     except Exception as exc:
-        first_line = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise CheckpointError(
-            f"{spec}: no local directory of that name; tried as a Hugging Face hub id: not in the cache, "
-            f"and download failed ({first_line})"
+            f"{shown(spec)}: no local directory of that name; tried as a Hugging Face hub id: not in the "
+            f"cache, and download failed ({_first_line(exc)})"
         ) from None
+
+
+def _first_line(exc: BaseException) -> str:
+    """The first non-empty line of an exception's text (hub errors span several), or its type."""
+    return next((line.strip() for line in str(exc).splitlines() if line.strip()), type(exc).__name__)
 
 
 def open_checkpoint(spec: str, *, allow_pickle: bool = False) -> Checkpoint:
@@ -163,5 +175,5 @@ def open_source(spec: str, *, allow_pickle: bool = False) -> Source:
         return Source(spec, open_checkpoint(spec, allow_pickle=allow_pickle))
     base_spec, adapter_spec = parts
     if not base_spec or not adapter_spec:
-        raise AdapterError(f"{spec}: expected 'base+adapter'")
+        raise AdapterError(f"{shown(spec)}: expected 'base+adapter'")
     return open_folded(base_spec, [adapter_spec], spec=spec, allow_pickle=allow_pickle)

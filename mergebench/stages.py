@@ -13,6 +13,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import shutil
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
@@ -20,7 +21,7 @@ from pathlib import Path
 import yaml
 
 from mergebench.config import parse_config
-from mergebench.errors import ConfigError, MergebenchError
+from mergebench.errors import ConfigError, MergebenchError, OutputError
 from mergebench.pipeline import MergeOptions, run_merge
 from mergebench.sources import open_source
 from mergebench.version import __version__
@@ -124,6 +125,7 @@ def run_recipe(
     fingerprints: dict[str, str] = {}
     paths: dict[str, str] = {}
     runs = []
+    made_intermediate_dir = not intermediate_dir.exists()
     for position, stage in enumerate(stages):
         if stage.name not in needed:
             continue
@@ -134,6 +136,8 @@ def run_recipe(
                 stage, target, fingerprints, paths, options, reusable=not final, stage_names=set(by_name)
             )
         except MergebenchError as exc:
+            if made_intermediate_dir and intermediate_dir.is_dir() and not any(intermediate_dir.iterdir()):
+                intermediate_dir.rmdir()  # nothing was built: leave nothing beside OUT
             message = "\n".join(f"stage {stage.name!r}: {line}" for line in str(exc).splitlines())
             raise type(exc)(message) from None
         runs.append(run)
@@ -189,5 +193,9 @@ def _run_stage(
     stage_options = replace(options, overwrite=True) if reusable else options
     run_merge(config, stage.text, target, stage_options)
     if reusable:
-        record.write_text(json.dumps({"stage": stage.name, "fingerprint": digest}, indent=2) + "\n")
+        try:
+            record.write_text(json.dumps({"stage": stage.name, "fingerprint": digest}, indent=2) + "\n")
+        except OSError as exc:  # a stage without its record would be rebuilt anyway: leave nothing half-done
+            shutil.rmtree(target, ignore_errors=True)
+            raise OutputError(f"{record}: cannot write the stage record ({exc.strerror})") from None
     return StageRun(stage.name, target, rebuilt=True)

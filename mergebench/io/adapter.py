@@ -34,8 +34,8 @@ KEY_PREFIX = "base_model.model."
 # Config fields whose non-empty value changes the math in ways a plain weight merge cannot express.
 _UNSUPPORTED = {
     "target_parameters": "LoRA on raw parameters (target_parameters)",
-    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens) cannot be merged into weights",
-    "layer_replication": "layer_replication changes the model's layer structure",
+    "alora_invocation_tokens": "activated LoRA (alora_invocation_tokens: it cannot be merged into weights)",
+    "layer_replication": "layer_replication (it changes the model's layer structure)",
     "trainable_token_indices": "trainable token adapters (trainable_token_indices)",
     "use_bdlora": "block-diagonal LoRA (use_bdlora)",
 }

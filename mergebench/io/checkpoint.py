@@ -132,7 +132,7 @@ def open_pickled(
         try:
             tensors.update(torch.load(path, map_location="cpu", mmap=True, weights_only=True))
         except Exception as exc:
-            raise error(f"{path}: cannot load pickled weights ({exc})") from None
+            raise error(f"{path}: cannot load pickled weights ({' '.join(str(exc).split())})") from None
     infos = {
         key: TensorInfo(
             key, directory / file_names[0], t.dtype, tuple(t.shape), 0, t.numel() * t.element_size()

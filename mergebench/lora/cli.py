@@ -23,9 +23,8 @@ def lora_group() -> None:
 @lora_group.command("merge")
 @click.argument("base")
 @click.argument("adapters", nargs=-1, required=True)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output model dir."
-)
+# --out: an existing file is refused by the output check (exit 5), not by click as a usage error
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output model dir.")
 @click.option("--weights", default=None, help="One weight per adapter, comma-separated (default 1 each).")
 @click.option("--max-shard-size", default="5GB", show_default=True, help="Largest output shard.")
 @click.option("--dtype", type=click.Choice(DTYPES), default=None, help="Output dtype (default: the base's).")
@@ -52,9 +51,7 @@ def merge_command(base, adapters, out, weights, max_shard_size, dtype, overwrite
 
 @lora_group.command("concat")
 @click.argument("adapters", nargs=-1, required=True)
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output adapter dir."
-)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output adapter dir.")
 @click.option("--weights", default=None, help="One weight per adapter, comma-separated (default 1 each).")
 @click.option(
     "--rank", type=int, default=None, help="Compress each module's summed update to this rank (SVD)."
@@ -90,9 +87,7 @@ def concat_command(adapters, out, weights, rank, dtype, overwrite, allow_pickle)
 @click.option("--base", "base", required=True, help="Base model dir or hub id.")
 @click.option("--finetuned", required=True, help="Finetuned model dir or hub id.")
 @click.option("--rank", type=int, required=True, help="LoRA rank of each extracted module.")
-@click.option(
-    "--out", required=True, type=click.Path(file_okay=False, path_type=Path), help="Output adapter dir."
-)
+@click.option("--out", required=True, type=click.Path(path_type=Path), help="Output adapter dir.")
 @click.option(
     "--dtype", type=click.Choice(DTYPES), default="float32", show_default=True, help="Factor dtype."
 )

@@ -79,7 +79,8 @@ def run_lora_concat(
     check_output_target(out, overwrite=overwrite, inputs=local)
     adapters = [open_adapter(spec, allow_pickle=allow_pickle) for spec in adapter_specs]
     modules = _check_compatible(adapters)
-    out_dtype = dtype or adapters[0].weights.tensors[next(iter(adapters[0].modules.values())).a_key].dtype
+    first_index, first_module = next(iter(modules.values()))[0]  # adapters[0] may hold saved tensors only
+    out_dtype = dtype or adapters[first_index].weights.tensors[first_module.a_key].dtype
     use_bias = any(adapter.uses_bias for adapter in adapters)
 
     tensors: dict[str, torch.Tensor] = _saved_tensors(adapters, weights)
@@ -91,6 +92,12 @@ def run_lora_concat(
             adapter, factor = adapters[index], weights[index] * module.scale
             a_parts.append(adapter.read(module.a_key).to(torch.float32) * factor)
             b_parts.append(adapter.read(module.b_key).to(torch.float32))
+            finite = bool(torch.isfinite(a_parts[-1]).all()) and bool(torch.isfinite(b_parts[-1]).all())
+            if rank is not None and not finite:
+                raise AdapterError(
+                    f"{adapter.spec}: module {path!r} holds NaN or Inf values in its factors; "
+                    "--rank compresses by SVD, which needs finite values"
+                )
             if module.bias_key:
                 term = adapter.read(module.bias_key).to(torch.float32) * factor
                 bias = term if bias is None else bias + term
@@ -140,7 +147,11 @@ def _check_compatible(adapters: Sequence[Adapter]) -> dict[str, list[tuple[int, 
         if any(not m.embedding for m in a.modules.values())
     }
     if len(fifo) > 1:
-        raise AdapterError("adapters disagree on fan_in_fan_out; they were not made for the same base")
+        flagged = [a.spec for a in adapters if a.config.get("fan_in_fan_out")]
+        raise AdapterError(
+            f"adapters disagree on fan_in_fan_out (set only in {', '.join(flagged)}); "
+            "they were not made for the same base"
+        )
     for index, adapter in enumerate(adapters):
         if adapter.uses_dora:
             dora = next(m.path for m in adapter.modules.values() if m.dora)

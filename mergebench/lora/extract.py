@@ -29,7 +29,7 @@ from pathlib import Path
 import torch
 
 from mergebench.architecture import EMBEDDING_MODULE
-from mergebench.errors import AdapterError
+from mergebench.errors import AdapterError, CheckpointError
 from mergebench.fold import resolve_name
 from mergebench.io.adapter import KEY_PREFIX
 from mergebench.io.checkpoint import Checkpoint
@@ -88,6 +88,26 @@ def _module_of(name: str, kinds: dict[str, str] | None, shape) -> tuple[str, str
     return module, "other"
 
 
+def _check_same_architecture(base: Checkpoint, finetuned: Checkpoint) -> None:
+    """Refuse, from headers, two models that share no tensor of the same name and shape: there is no
+    finetune to extract, and "does not differ" (what the tensor loop would conclude) would be wrong."""
+    shared = [name for name in base.tensors if name in finetuned.tensors]
+    if any(base.tensors[name].shape == finetuned.tensors[name].shape for name in shared):
+        return
+    if shared:
+        name = shared[0]
+        why = (
+            f"all {len(shared)} tensor names they share differ in shape (e.g. {name!r}: "
+            f"{list(finetuned.tensors[name].shape)} vs {list(base.tensors[name].shape)})"
+        )
+    else:
+        why = "they share no tensor name"
+    raise AdapterError(
+        f"{finetuned.spec} and {base.spec} are not the same architecture ({why}); "
+        "a LoRA adapter can only be extracted from a finetune of the base"
+    )
+
+
 def svd_factors(delta: torch.Tensor, rank: int) -> tuple[torch.Tensor, torch.Tensor]:
     """(B, A) with B·A the best rank-``rank`` approximation of ``delta`` (float32)."""
     rows, cols = delta.shape
@@ -121,6 +141,7 @@ def run_lora_extract(
     check_output_target(out, overwrite=overwrite, inputs=local)
     base = open_checkpoint(base_spec, allow_pickle=allow_pickle)
     finetuned = open_checkpoint(finetuned_spec, allow_pickle=allow_pickle)
+    _check_same_architecture(base, finetuned)
     kinds = module_kinds(base)
     report = ExtractReport()
 
@@ -157,6 +178,12 @@ def run_lora_extract(
         low_rank = kind in ("linear", "conv1d", "embedding") and list(changed) == [weight]
         if low_rank:
             old, new = changed[weight]
+            for tensor, model in ((old, base), (new, finetuned)):
+                if not bool(torch.isfinite(tensor).all()):
+                    raise CheckpointError(
+                        f"tensor {weight!r} of {model.spec} holds NaN or Inf values; "
+                        "a LoRA factorization (SVD) needs finite weights"
+                    )
             delta = new.to(torch.float32) - old.to(torch.float32)
             canonical = delta if kind == "linear" else delta.T  # out × in (embedding: hidden × vocab)
             b, a = svd_factors(canonical, rank)
