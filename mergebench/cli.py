@@ -17,6 +17,7 @@ from mergebench.analyze_cli import analyze_command
 from mergebench.errors import ConfigError, MergebenchError
 from mergebench.eval_cli import eval_command, evaluate_and_print
 from mergebench.lora.cli import lora_group
+from mergebench.search_cli import search_command
 from mergebench.version import __version__
 
 INTERRUPTED_EXIT_CODE = 130
@@ -66,6 +67,7 @@ def main() -> None:
 main.add_command(analyze_command)
 main.add_command(eval_command)
 main.add_command(lora_group)
+main.add_command(search_command)
 
 
 @main.command()

@@ -32,7 +32,6 @@ from pathlib import Path
 from typing import Any, TypeVar
 
 from mergebench.errors import EvalError
-from mergebench.io.model_files import has_tokenizer
 
 T = TypeVar("T")
 
@@ -167,6 +166,8 @@ def load_model(model_dir: str | os.PathLike, device: str | None = "auto"):
         raise EvalError(f"{d}: model directory not found")
     if not (d / "config.json").is_file():
         raise EvalError(f"{d}: not a model directory (no config.json)")
+    from mergebench.io.model_files import has_tokenizer  # here: importing it loads torch
+
     if not has_tokenizer(d):
         raise EvalError(f"{d}: model directory has no tokenizer (tokenizer.json / tokenizer_config.json)")
     from transformers.utils import logging as hf_logging

@@ -179,7 +179,7 @@ def test_sigkill_at_many_points_then_resume_is_byte_identical(reference, runs, t
 @pytest.mark.parametrize(
     "damage,reason",
     [
-        ("flip a byte", "does not match its recorded sha256"),
+        ("flip a byte", "does not match its recorded checksum"),
         ("truncate", "does not have its recorded size"),
         ("delete", "is missing"),
         ("corrupt the record", "its record is damaged"),
