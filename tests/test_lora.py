@@ -398,3 +398,20 @@ def test_inspect_summarises_an_adapter(adapters):
     assert "PEFT DoRA adapter" in first and f"rank {config['r']}" in first and "unknown" not in first
     assert all(name in targets for name in config["target_modules"])
     assert "lora_magnitude_vector" in result.output
+
+
+def test_concat_keeps_the_base_model_and_the_tokenizer_an_adapter_carried(base, adapters, tmp_path):
+    import shutil
+
+    with_tokenizer = tmp_path / "with-tokenizer"
+    shutil.copytree(adapters["rslora"], with_tokenizer)
+    (with_tokenizer / "tokenizer_config.json").write_text('{"model_max_length": 64}\n')
+    out = tmp_path / "cat"
+    result = lora_cli("concat", adapters["plain"], with_tokenizer, "--out", out)
+    assert result.exit_code == 0, result.output
+    assert (out / "tokenizer_config.json").read_text() == '{"model_max_length": 64}\n'
+    base_model = json.loads((adapters["plain"] / "adapter_config.json").read_text())[
+        "base_model_name_or_path"
+    ]
+    assert json.loads((out / "adapter_config.json").read_text())["base_model_name_or_path"] == base_model
+    assert f"base_model: {json.dumps(base_model)}" in (out / "README.md").read_text()

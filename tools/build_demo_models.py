@@ -287,17 +287,28 @@ def _encode_batch(tokenizer, texts: list[str], loss_from: list[int] | None = Non
 
 
 def train(
-    model, tokenizer, make_batch, steps: int, lr: float, *, warmup: int = 20, params=None, device="cpu"
+    model,
+    tokenizer,
+    make_batch,
+    steps: int,
+    lr: float,
+    *,
+    warmup: int = 20,
+    params=None,
+    device="cpu",
+    desc: str = "training",
 ):
-    """AdamW with linear warmup and cosine decay; make_batch() -> list of (text, loss_from or 0)."""
+    """AdamW with linear warmup and cosine decay; make_batch() -> list of (text, loss_from or 0).
+    A progress bar per stage: the full build takes minutes (longer on a busy machine)."""
     import torch
+    from tqdm import tqdm
 
     params = [p for p in (params if params is not None else model.parameters()) if p.requires_grad]
     opt = torch.optim.AdamW(params, lr=lr, weight_decay=0.0, betas=(0.9, 0.98))
     import math
 
     model.train()
-    for step in range(steps):
+    for step in tqdm(range(steps), desc=desc, unit="step", mininterval=2, file=sys.stderr):
         scale = min(1.0, (step + 1) / warmup) * 0.5 * (1 + math.cos(math.pi * step / steps))
         for g in opt.param_groups:
             g["lr"] = lr * max(scale, 0.05)
@@ -354,7 +365,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
     def text_batch():
         return [(S.text(), 0) for _ in range(B)]
 
-    train(base, tokenizer, text_batch, r.text_steps, r.text_lr, device=device)
+    train(base, tokenizer, text_batch, r.text_steps, r.text_lr, device=device, desc="base/text")
     log(f"base/text done {time.time() - t0:.1f}s")
 
     def base_example(kind: str):
@@ -372,7 +383,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
             base_example(rng.choice(TASKS) if rng.random() < r.mix_task_frac else "text") for _ in range(B)
         ]
 
-    train(base, tokenizer, mix_batch, r.mix_steps, r.mix_lr, device=device)
+    train(base, tokenizer, mix_batch, r.mix_steps, r.mix_lr, device=device, desc="base/mix")
     log(f"base/mix done {time.time() - t0:.1f}s")
     base_sd = {k: v.clone() for k, v in base.state_dict().items()}
 
@@ -387,7 +398,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
         def batch():
             return [replay() if rng.random() < r.ft_replay else make_example() for _ in range(r.ft_batch)]
 
-        train(m, tokenizer, batch, steps, lr, device=device)
+        train(m, tokenizer, batch, steps, lr, device=device, desc=name)
         log(f"{name} done {time.time() - t0:.1f}s")
         return m
 
@@ -427,7 +438,7 @@ def build_models(r: Recipe, seed: int, log=print, device="cpu", lora_adapter: bo
             for _ in range(r.ft_batch)
         ]
 
-    train(lora, tokenizer, lora_batch, r.lora_steps, r.lora_lr, device=device)
+    train(lora, tokenizer, lora_batch, r.lora_steps, r.lora_lr, device=device, desc="lora_c")
     log(f"lora_c done {time.time() - t0:.1f}s")
     return tokenizer, models, lora, eval_sets
 

@@ -27,6 +27,7 @@ import torch
 
 from mergebench.errors import AdapterError
 from mergebench.io.adapter import KEY_PREFIX, Adapter, LoraModule
+from mergebench.io.model_files import has_tokenizer
 from mergebench.io.writer import check_output_target
 from mergebench.lora.save import adapter_config, rank_config, write_adapter
 from mergebench.sources import open_adapter
@@ -135,7 +136,16 @@ def run_lora_concat(
         },
     )
     readme = _readme(adapter_specs, weights, rank, reports)
-    write_adapter(out, tensors, config, overwrite=overwrite, inputs=[a.path for a in adapters], readme=readme)
+    tokenizer_dir = next((a.path for a in adapters if has_tokenizer(a.path)), None)
+    write_adapter(
+        out,
+        tensors,
+        config,
+        overwrite=overwrite,
+        inputs=[a.path for a in adapters],
+        readme=readme,
+        tokenizer_dir=tokenizer_dir,
+    )
     return reports
 
 

@@ -10,6 +10,7 @@ from pathlib import Path
 import torch
 
 from mergebench.io.adapter import ADAPTER_CONFIG, ADAPTER_WEIGHTS
+from mergebench.io.model_files import copy_side_files
 from mergebench.io.writer import OutputDirectory, save_tensors
 from mergebench.version import __version__
 
@@ -65,12 +66,19 @@ def write_adapter(
     overwrite: bool,
     inputs: Sequence[Path],
     readme: str,
+    tokenizer_dir: Path | None = None,
 ) -> Path:
-    """Publish ``out`` holding ``adapter_config.json``, ``adapter_model.safetensors`` and a README."""
+    """Publish ``out`` holding ``adapter_config.json``, ``adapter_model.safetensors``, a README whose
+    front matter names the base model (as PEFT's own cards do) and, from ``tokenizer_dir``, the
+    tokenizer files an input adapter carried."""
     with OutputDirectory(out, overwrite=overwrite, inputs=inputs) as temp:
         save_tensors(temp / ADAPTER_WEIGHTS, tensors)
         (temp / ADAPTER_CONFIG).write_text(json.dumps(dict(config), indent=2, sort_keys=True) + "\n")
-        front = ["---", "library_name: peft", "tags:", "- lora", "- mergebench", "---", ""]
+        if tokenizer_dir is not None:
+            copy_side_files(temp, tokenizer_dir, tokenizer_dir)
+        base = config.get("base_model_name_or_path")
+        front = ["---", *([f"base_model: {json.dumps(base)}"] if base else []), "library_name: peft"]
+        front += ["tags:", "- lora", "- mergebench", "---", ""]
         (temp / "README.md").write_text(
             "\n".join(front) + f"Made with mergebench {__version__}.\n\n" + readme.rstrip() + "\n"
         )
