@@ -52,7 +52,7 @@ sys.exit(main())
 """
 
 
-def run_mergekit(config: dict, out: Path, *, pin_ties: bool = False) -> Path:
+def run_mergekit(config: dict, out: Path, *, pin_ties: bool = False, copy_tokenizer: bool = False) -> Path:
     """Merge ``config`` with ``mergekit-yaml`` into ``out``; fails the test with mergekit's own message.
 
     ``pin_ties`` runs mergekit under STABLE_TIES_SHIM: among equal magnitudes (common with bf16 inputs)
@@ -68,7 +68,14 @@ def run_mergekit(config: dict, out: Path, *, pin_ties: bool = False) -> Path:
         [str(MERGEKIT_YAML.parent / "python"), "-c", STABLE_TIES_SHIM] if pin_ties else [str(MERGEKIT_YAML)]
     )
     done = subprocess.run(
-        [*command, str(cfg), str(out), "--no-copy-tokenizer", "--lazy-unpickle", "--allow-crimes"],
+        [
+            *command,
+            str(cfg),
+            str(out),
+            *([] if copy_tokenizer else ["--no-copy-tokenizer"]),  # tokenizer tests want it, as users get it
+            "--lazy-unpickle",
+            "--allow-crimes",
+        ],
         capture_output=True,
         text=True,
         env=env,

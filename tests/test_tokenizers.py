@@ -8,18 +8,15 @@ Every model and tokenizer is built here with the ``tokenizers`` library and tran
 from __future__ import annotations
 
 import json
-import os
-import subprocess
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-import yaml
 
 from mergebench.vocab import CHAT_TEMPLATES
 from tests.conftest import assert_clean_failure, run_cli, write_config
-from tests.mergekit_ref import MERGEKIT_YAML, load_tensors, mismatches
+from tests.mergekit_ref import MERGEKIT_YAML, load_tensors, mismatches, run_mergekit
 from tests.tokenizer_models import (
     CHATML,
     PLAIN_TEMPLATE,
@@ -161,25 +158,6 @@ def test_union_vocabulary_rows_and_a_running_model(bpe, tmp_path):
 # ---- mergekit 0.1.5 gives the same model for the same YAML ----------------------------------------------
 
 
-def run_mergekit_with_tokenizer(config: dict, out: Path) -> Path:
-    """mergekit-yaml as a user runs it (tokenizer written), unlike mergekit_ref.run_mergekit."""
-    if not MERGEKIT_YAML.exists():
-        pytest.fail(f"{MERGEKIT_YAML} is missing: run `bash tools/setup_mergekit.sh` (tools/test.sh does)")
-    path = out.parent / f"{out.name}.mergekit.yaml"
-    path.write_text(yaml.safe_dump(config, sort_keys=False))
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "TRANSFORMERS_OFFLINE": "1"}
-    done = subprocess.run(
-        [str(MERGEKIT_YAML), str(path), str(out), "--lazy-unpickle", "--allow-crimes"],
-        capture_output=True,
-        text=True,
-        env=env,
-        timeout=600,
-    )
-    if done.returncode != 0:
-        pytest.fail(f"mergekit failed ({done.returncode}):\n{done.stderr[-3000:]}")
-    return out
-
-
 def assert_same_model_by_token(ours: Path, theirs: Path) -> None:
     """Same tensors; vocabulary tensors compared row by row for the same token (mergekit orders tokens
     added by different models by set iteration, which varies between its runs), padding rows by index;
@@ -211,7 +189,7 @@ def assert_same_model_by_token(ours: Path, theirs: Path) -> None:
 def test_equals_mergekit(bpe, tmp_path, source):
     config = task_arithmetic(bpe, str(bpe.get(source, source)), out_dtype="bfloat16")
     ours = merge(tmp_path, config)
-    assert_same_model_by_token(ours, run_mergekit_with_tokenizer(config, tmp_path / "mergekit"))
+    assert_same_model_by_token(ours, run_mergekit(config, tmp_path / "mergekit", copy_tokenizer=True))
 
 
 def test_tokens_overrides_and_padding_equal_mergekit(bpe, tmp_path):
@@ -241,7 +219,7 @@ def test_tokens_overrides_and_padding_equal_mergekit(bpe, tmp_path):
     ours = merge(tmp_path, config)
     vocab = vocab_of(ours)
     assert {"<new>", "<also_new>"} <= set(vocab) and len(load_tensors(ours)["lm_head.weight"]) % 32 == 0
-    assert_same_model_by_token(ours, run_mergekit_with_tokenizer(config, tmp_path / "mergekit"))
+    assert_same_model_by_token(ours, run_mergekit(config, tmp_path / "mergekit", copy_tokenizer=True))
 
 
 def test_tokens_overrides_rows(bpe, tmp_path):
