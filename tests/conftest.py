@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import hashlib
+import os
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -91,3 +93,25 @@ def assert_clean_failure(result: Result, *fragments: str) -> str:
     for fragment in fragments:
         assert fragment in errors[0], f"{fragment!r} not in {errors[0]!r}"
     return errors[0]
+
+
+def snapshot(path: Path) -> dict[str, str]:
+    """Everything at ``path``, hidden entries included: relative path → sha256, 'dir' or 'link → …'."""
+    if path.is_symlink():
+        return {".": f"link → {os.readlink(path)}"}
+    if path.is_file():
+        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
+    found: dict[str, str] = {}
+    if not path.is_dir():
+        return found
+    for root, dirs, files in os.walk(path):
+        for name in dirs + files:
+            item = Path(root) / name
+            key = str(item.relative_to(path))
+            if item.is_symlink():
+                found[key] = f"link → {os.readlink(item)}"
+            elif item.is_dir():
+                found[key] = "dir"
+            else:
+                found[key] = hashlib.sha256(item.read_bytes()).hexdigest()
+    return found

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import errno
 import fcntl
-import hashlib
 import json
 import os
 import pathlib
@@ -38,7 +37,7 @@ import torch
 import yaml
 from safetensors.torch import load_file, save_file
 
-from tests.conftest import Family, run_cli, save_model, tiny_llama_config
+from tests.conftest import Family, run_cli, save_model, snapshot, tiny_llama_config
 from tests.conftest_demo import make_tiny_model_dir
 
 REPO = Path(__file__).resolve().parents[1]
@@ -1503,28 +1502,6 @@ def _params() -> list:
 
 
 # ---- the one test --------------------------------------------------------------------------------
-
-
-def snapshot(path: Path) -> dict[str, str]:
-    """Everything at ``path``, hidden entries included: relative path → sha256, 'dir' or 'link → …'."""
-    if path.is_symlink():
-        return {".": f"link → {os.readlink(path)}"}
-    if path.is_file():
-        return {".": hashlib.sha256(path.read_bytes()).hexdigest()}
-    found: dict[str, str] = {}
-    if not path.is_dir():
-        return found
-    for root, dirs, files in os.walk(path):
-        for name in dirs + files:
-            item = Path(root) / name
-            key = str(item.relative_to(path))
-            if item.is_symlink():
-                found[key] = f"link → {os.readlink(item)}"
-            elif item.is_dir():
-                found[key] = "dir"
-            else:
-                found[key] = hashlib.sha256(item.read_bytes()).hexdigest()
-    return found
 
 
 def run_in_process(argv: list[str]) -> tuple[int, str, str]:

@@ -29,7 +29,7 @@ import pytest
 import torch
 from click.testing import Result
 
-from tests.conftest import assert_clean_failure, run_cli, write_config
+from tests.conftest import assert_clean_failure, run_cli, snapshot, write_config
 
 SHARD = "3KB"  # ~12 output shards for the tiny model below
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -101,26 +101,8 @@ def merge(config: Path, out: Path, *extra: str, shard: str = SHARD) -> Result:
     return run_cli("merge", config, out, "--no-progress", "--max-shard-size", shard, *extra)
 
 
-def tree(directory: Path) -> dict[str, str]:
-    """Everything under ``directory``, hidden entries included: path → sha256, 'dir' or 'link → target'."""
-    found: dict[str, str] = {}
-    if not directory.exists():
-        return found
-    for root, dirs, files in os.walk(directory):
-        for name in dirs + files:
-            path = Path(root) / name
-            key = str(path.relative_to(directory))
-            if path.is_symlink():
-                found[key] = f"link → {os.readlink(path)}"
-            elif path.is_dir():
-                found[key] = "dir"
-            else:
-                found[key] = hashlib.sha256(path.read_bytes()).hexdigest()
-    return found
-
-
 def inputs_tree(models: Models, *more: Path) -> dict[str, dict[str, str]]:
-    return {str(d): tree(d) for d in (*models.dirs(), *more)}
+    return {str(d): snapshot(d) for d in (*models.dirs(), *more)}
 
 
 def assert_one_error(result: Result, code: int, *fragments: str) -> str:
@@ -241,7 +223,7 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
         extra = ("--overwrite",)
     else:
         out = outs / "new" / "out"
-    before_inputs, before = inputs_tree(models), tree(outs)
+    before_inputs, before = inputs_tree(models), snapshot(outs)
     with monkeypatch.context() as patch:  # the counting run: every call succeeds
         counter = DiskFull(patch, call, outs, fail_at=None)
         result = merge(config, out, *extra)
@@ -251,7 +233,7 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
     if extra:
         shutil.copytree(reference, out)
         (out / "keep.txt").write_text("the old output")
-    assert tree(outs) == before
+    assert snapshot(outs) == before
     assert counter.count > 0
     problems = []
     for nth in range(1, counter.count + 1):
@@ -262,10 +244,10 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
             assert fault.count >= nth, "the fault was never reached"
             line = assert_one_error(result, 5, "No space left on device")
             assert str(outs) in line, line  # names the file (or the output) it failed on
-            assert tree(outs) == before, "something was left in or beside OUT"
+            assert snapshot(outs) == before, "something was left in or beside OUT"
         except AssertionError as exc:
             problems.append(f"{call} #{nth}: {str(exc).splitlines()[0]}\n{result.output}")
-            shutil.rmtree(outs)  # reset for the next case
+            shutil.rmsnapshot(outs)  # reset for the next case
             outs.mkdir()
             (outs / "neighbour.txt").write_text("not ours")
             if extra:
@@ -307,7 +289,7 @@ def test_real_full_tmpfs(models, tmp_path, limit):
             failures += 1
             line = assert_one_error(result, 5, "No space left on device")
             assert str(mount) in line
-            assert tree(mount) == {}, f"{limit} step {step}: left {sorted(tree(mount))}"
+            assert snapshot(mount) == {}, f"{limit} step {step}: left {sorted(snapshot(mount))}"
         finally:
             _umount(mount)
     else:
@@ -440,13 +422,13 @@ def test_bad_input_cases(models, tmp_path, case):
         holder = os.open(out.with_name(f".{out.name}.lock"), os.O_RDWR | os.O_CREAT)
         fcntl.flock(holder, fcntl.LOCK_EX)
     inputs = tmp_path / "in"
-    before_inputs, before = inputs_tree(models, inputs), tree(tmp_path / "outs")
+    before_inputs, before = inputs_tree(models, inputs), snapshot(tmp_path / "outs")
     try:
         line = assert_one_error(merge(config, out, *extra), case.exit_code, *case.fragments)
     finally:
         if holder is not None:
             os.close(holder)
-    assert tree(tmp_path / "outs") == before
+    assert snapshot(tmp_path / "outs") == before
     assert inputs_tree(models, inputs) == before_inputs
     if case.exit_code == 3 and "links" not in case.name:
         assert "tensor '" in line  # the tensor is named as well as the file
@@ -491,13 +473,13 @@ def test_hub_cache_links_into_blobs_are_copied(models, tmp_path):
 
 
 def test_hub_cache_link_leaving_the_repo_cache_is_refused(models, tmp_path):
-    snapshot = _hub_cache(models, tmp_path, secret_link=True)
-    config = merge_config(tmp_path / "merge.yaml", snapshot, models.ft1, models.ft2)
+    hub_snapshot = _hub_cache(models, tmp_path, secret_link=True)
+    config = merge_config(tmp_path / "merge.yaml", hub_snapshot, models.ft1, models.ft2)
     (tmp_path / "outs").mkdir()
     before = inputs_tree(models, tmp_path / "hub")
     result = merge(config, tmp_path / "outs" / "out")
     assert_one_error(result, 3, "tokenizer_config.json", "outside the model directory")
-    assert tree(tmp_path / "outs") == {}
+    assert snapshot(tmp_path / "outs") == {}
     assert inputs_tree(models, tmp_path / "hub") == before
 
 
@@ -573,12 +555,12 @@ def test_two_runs_into_one_output(models, tmp_path):
     outs.mkdir()
     first = paused_run(config, outs / "out", 5)
     try:
-        during = tree(outs)
+        during = snapshot(outs)
         assert ".out.lock" in during and any(name.startswith(".out.partial-") for name in during)
         line = assert_one_error(merge(config, outs / "out"), 5, "another mergebench run is writing")
         assert ".out.lock" in line
         assert_one_error(merge(config, outs / "out", "--overwrite"), 5, "another mergebench run is writing")
-        assert tree(outs) == during  # the refused runs touched nothing of the first one's
+        assert snapshot(outs) == during  # the refused runs touched nothing of the first one's
         _, stderr = first.communicate("\n", timeout=120)  # let it go on
     finally:
         first.kill()
