@@ -94,10 +94,14 @@ def run_op(
         _require_finite(op, [base] if base is not None else [], models)
     stats = None
     if method.stats is not None:
+        identity = {"name": op.output.name, "seed": op.seed}
         if aligned is not None and chunked:
-            inputs = RowInputs(aligned, op.output.shape, base is not None, len(models), lend_workspace)
+            inputs = RowInputs(
+                aligned, op.output.shape, base is not None, len(models), lend_workspace, **identity
+            )
         else:
-            inputs = TensorInputs(models, base, convert if chunked else (lambda t: t), lend_workspace)
+            convert_slice = convert if chunked else (lambda t: t)
+            inputs = TensorInputs(models, base, convert_slice, lend_workspace, **identity)
         stats = method.stats(inputs, **method.keywords(op.params))
     for buffer in workspace:
         buffers.give(buffer)
@@ -117,16 +121,26 @@ def run_op(
     flat_out = buffers.take(nbytes).view(op.output.dtype) if nbytes else torch.empty(0, dtype=op.output.dtype)
     out = flat_out.reshape(op.output.shape)
     split = 1 if base is not None else 0
-    for start in range(0, flat_out.numel(), CHUNK):
+    step = chunk_length(op.output.shape, method.whole_rows)
+    for start in range(0, flat_out.numel(), step):
         if aligned is not None:
-            chunks = [aligned.flat(k, start, start + CHUNK) for k in range(len(flats))]
+            chunks = [aligned.flat(k, start, start + step) for k in range(len(flats))]
         else:
-            chunks = [convert(flat[start : start + CHUNK]) for flat in flats]
+            chunks = [convert(flat[start : start + step]) for flat in flats]
         part = method.apply(
             chunks[split:], chunks[0] if split else None, op.params, replace(piece, offset=start)
         )
-        flat_out[start : start + CHUNK] = part
+        flat_out[start : start + step] = part
     return out
+
+
+def chunk_length(shape: Sequence[int], whole_rows: bool) -> int:
+    """Entries per chunk: CHUNK, or for a method that needs whole rows the most whole dim-0 slices
+    that fit in CHUNK (at least one; a 0-D or 1-D tensor is one row)."""
+    if not whole_rows:
+        return CHUNK
+    row = math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape)
+    return max(1, CHUNK // max(1, row)) * max(1, row)
 
 
 def _require_finite(op: Merge, bases: list[torch.Tensor], models: list[torch.Tensor]) -> None:

@@ -757,9 +757,14 @@ class RowInputs(TensorInputs):
         has_base: bool,
         models: int,
         workspace: Callable[[], torch.Tensor],
+        *,
+        name: str = "tensor",
+        seed: int = 0,
     ) -> None:
         meta = torch.empty(shape, device="meta")
-        super().__init__([meta] * models, meta if has_base else None, workspace=workspace)
+        super().__init__(
+            [meta] * models, meta if has_base else None, workspace=workspace, name=name, seed=seed
+        )
         self._gather = gather
         self._split = 1 if has_base else 0
 

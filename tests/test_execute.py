@@ -124,3 +124,44 @@ def test_every_method_gives_the_same_result_on_the_gpu_path(monkeypatch, method_
     cpu = execute.run_op(job, list(inputs))
     gpu_path = execute.run_op(job, list(inputs), "cpu", chunked=False)
     assert torch.allclose(cpu.float(), gpu_path.float(), rtol=1e-6, atol=1e-6), method_name
+
+
+@pytest.mark.parametrize(
+    ("shape", "chunk", "expected"),
+    [
+        ((70, 131), 1000, 917),  # 7 whole rows of 131
+        ((4, 300), 1000, 900),
+        ((2, 700, 3), 1000, 2100),  # one row (a dim-0 slice of 2100 entries) even though it exceeds CHUNK
+        ((5000,), 1000, 5000),  # a 1-D tensor is one row
+        ((), 1000, 1000),  # one entry: a row of 1
+    ],
+)
+def test_whole_row_methods_get_chunks_of_whole_rows(monkeypatch, shape, chunk, expected):
+    monkeypatch.setattr(execute, "CHUNK", chunk)
+    assert execute.chunk_length(shape, whole_rows=True) == expected
+    assert execute.chunk_length(shape, whole_rows=False) == chunk
+
+
+@pytest.mark.parametrize("shape", [(6, 50, 7), (2300,), (40, 33)])
+def test_della_streams_through_row_chunks_of_any_shape(monkeypatch, shape):
+    """DELLA ranks entries along dim 1 within each row, so the chunked path must equal the whole tensor
+    for 3-D tensors (rows span several inner entries) and 1-D ones (one row) too."""
+    method = get_method("della_linear")
+    generator = torch.Generator().manual_seed(4)
+    base = torch.randn(shape, generator=generator)
+    tensors = [base] + [base + 0.05 * torch.randn(shape, generator=generator) for _ in range(2)]
+    params = {"weight": (1.0, 0.6), "density": (0.4, 0.7), "epsilon": (0.2, 0.1), "normalize": False,
+              "lambda": 1.0, "rescale": True, "rescale_l1": True, "int8_mask": False}  # fmt: skip
+    job = Merge(
+        output=TensorSpec("model.layers.1.mlp.down_proj.weight", shape, torch.float32),
+        method=method,
+        base=InMemory(),
+        models=(InMemory(), InMemory()),
+        params=params,
+        seed=11,
+    )
+    monkeypatch.setattr(execute, "CHUNK", 500)  # not a multiple of any row length here
+    chunked = execute.run_op(job, list(tensors))
+    whole = method(tensors[1:], tensors[0], name=job.output.name, seed=job.seed, **params)
+    assert torch.equal(chunked, whole)
+    assert not torch.equal(chunked, tensors[0])  # something was merged

@@ -16,15 +16,16 @@ Uniforms are drawn per flat position (``sparsify.uniforms``: blocks seeded by (s
 model, block)), so a rerun is byte-identical on any device and thread count. They are DARE's draws:
 with ε = 0 DELLA keeps DARE's entries (U < p is compared in float64, DARE's U < density in float32;
 they differ only for a draw equal to float32(density) < density, probability 2⁻²⁴ an entry).
-The method needs whole rows, so it is not ``elementwise``: it walks the tensor in blocks of whole rows
-(bounded temporaries) and the executor hands it whole tensors.
+Ranks need whole rows, so the method is ``elementwise`` over ``whole_rows``: the executor streams it
+through chunks of whole rows (bounded memory, like DARE); only ``rescale_l1`` needs whole-tensor
+quantities (each task vector's L1 norms before and after pruning), computed by its stats step.
 """
 
 from __future__ import annotations
 
 import functools
 import math
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 
 import torch
 
@@ -36,6 +37,7 @@ from mergebench.methods.registry import (
     WEIGHT,
     Param,
     Piece,
+    TensorInputs,
     merge_method,
     normalize_param,
 )
@@ -115,66 +117,42 @@ def magprune(
     return delta * keep
 
 
-def della_update(
-    read_delta: Callable[[int, int, int], torch.Tensor],
-    shape: Sequence[int],
-    key: tuple,
-    out: torch.Tensor,
+def row_blocks(numel: int, shape: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) blocks of whole rows covering the first ``numel`` entries (a whole number of rows),
+    each about BLOCK entries, so MAGPRUNE's sorts and temporaries stay small."""
+    _, m, inner = row_layout(shape)
+    row = m * inner
+    per_block = max(1, BLOCK // max(1, row)) * row
+    return [(start, min(start + per_block, numel)) for start in range(0, numel, per_block)] if row else []
+
+
+def della_stats(
+    inputs: TensorInputs,
     *,
-    weight: Sequence[float],
     density: Sequence[float],
     epsilon: Sequence[float],
-    normalize: bool,
-    lambda_: float,
     rescale: bool,
     rescale_l1: bool,
-    elect_signs: bool,
-) -> torch.Tensor:
-    """Fill the flat ``out`` with λ·combine_i(w_i·MAGPRUNE(τ_i)), walking blocks of whole rows;
-    ``read_delta(i, start, stop)`` gives τ_i's flat entries [start, stop) in the compute precision.
-
-    Only whole-row blocks are read, so this can also run as a stats step over ``TensorInputs``."""
-    outer, m, inner = row_layout(shape)
-    row = m * inner
-    rows_per_block = max(1, BLOCK // max(1, row))
-    blocks = [(r * row, min(r + rows_per_block, outer) * row) for r in range(0, outer, rows_per_block)]
-
-    def pruned(index: int, start: int, stop: int, divide: bool) -> tuple[torch.Tensor, torch.Tensor]:
-        delta = read_delta(index, start, stop)
-        block = delta.view((stop - start) // row, m, inner)
-        kept = magprune(block, density[index], epsilon[index], key, index, start, divide)
-        return delta, kept.reshape(-1)
-
-    scales = [1.0] * len(weight)
-    if rescale and rescale_l1:  # a first pass for each task vector's L1 norms before and after
-        for index, d in enumerate(density):
-            if d >= 1.0:
-                continue
-            before = after = 0.0
-            for start, stop in blocks:
-                delta, kept = pruned(index, start, stop, divide=False)
-                before += float(delta.abs().sum(dtype=torch.float64))
-                after += float(kept.abs().sum(dtype=torch.float64))
-            scales[index] = l1_rescale(before, after)
-    for start, stop in blocks:
-        weighted = []
-        for index, w in enumerate(weight):
-            _, kept = pruned(index, start, stop, divide=rescale and not rescale_l1)
-            if scales[index] != 1.0:
-                kept = kept * scales[index]
-            weighted.append(kept * w)
-        if elect_signs:
-            update = disjoint_merge(weighted, weight, normalize)
-        else:
-            update = weighted[0]
-            for part in weighted[1:]:
-                update += part
-            if normalize:
-                update /= sum(weight)
-        if lambda_ != 1.0:
-            update *= lambda_
-        out[start:stop] = update
-    return out
+    **_,
+) -> list[float]:
+    """Each task vector's factor: 1, or with ``rescale_l1`` ‖τ_i‖₁ / ‖MAGPRUNE(τ_i)‖₁ over the whole
+    tensor (mergekit's rescale), so that chunks of rows can then be merged one at a time."""
+    scales = [1.0] * len(density)
+    if not (rescale and rescale_l1):
+        return scales
+    _, m, inner = row_layout(inputs.shape)
+    key = (inputs.seed, inputs.name)
+    for index, (d, e) in enumerate(zip(density, epsilon, strict=True)):
+        if d >= 1.0:
+            continue
+        before = after = 0.0
+        for start, stop in row_blocks(inputs.numel, inputs.shape):
+            delta = inputs.model(index, start, stop) - inputs.base(start, stop)
+            kept = magprune(delta.view(-1, m, inner), d, e, key, index, start, divide=False)
+            before += float(delta.abs().sum(dtype=torch.float64))
+            after += float(kept.abs().sum(dtype=torch.float64))
+        scales[index] = l1_rescale(before, after)
+    return scales
 
 
 def della(
@@ -194,29 +172,38 @@ def della(
 ) -> torch.Tensor:
     """θ = θ_base + λ·combine_i(w_i·τ̂_i), τ̂_i = MAGPRUNE(τ_i): entry kept with probability p (ramped
     by magnitude rank in its row from density − ε to density + ε), ÷ p with ``rescale`` (×‖τ‖₁/‖τ̂‖₁
-    with ``rescale_l1``). combine: TIES' sign election and disjoint sum, ÷ the agreeing weight with
-    ``normalize`` (``della``), or Σ, ÷ Σ w_i with ``normalize`` (``della_linear``)."""
+    with ``rescale_l1``, factors from ``della_stats``). combine: TIES' sign election and disjoint sum,
+    ÷ the agreeing weight with ``normalize`` (``della``), or Σ, ÷ Σ w_i with ``normalize``
+    (``della_linear``). ``models``/``base`` hold whole rows of the tensor from flat ``piece.offset``."""
     for index, (d, e) in enumerate(zip(density, epsilon, strict=True)):
         if (problem := della_problem(d, e)) is not None:
             raise ConfigError(f"tensor {piece.name!r}, model {index}: {problem}")
+    _, m, inner = row_layout(piece.shape)
+    key = (piece.seed, piece.name)
+    divide = rescale and not rescale_l1
     flat_base = base.reshape(-1)
     flats = [model.reshape(-1) for model in models]
     out = torch.empty_like(flat_base)
-    if base.numel() > 0:
-        della_update(
-            lambda index, start, stop: flats[index][start:stop] - flat_base[start:stop],
-            base.shape,
-            (piece.seed, piece.name),
-            out,
-            weight=weight,
-            density=density,
-            epsilon=epsilon,
-            normalize=normalize,
-            lambda_=lambda_,
-            rescale=rescale,
-            rescale_l1=rescale_l1,
-            elect_signs=elect_signs,
-        )
+    for start, stop in row_blocks(flat_base.numel(), piece.shape):
+        weighted = []
+        for index, (flat, w) in enumerate(zip(flats, weight, strict=True)):
+            delta = (flat[start:stop] - flat_base[start:stop]).view(-1, m, inner)
+            offset = piece.offset + start
+            kept = magprune(delta, density[index], epsilon[index], key, index, offset, divide).reshape(-1)
+            if piece.stats[index] != 1.0:
+                kept = kept * piece.stats[index]
+            weighted.append(kept * w)
+        if elect_signs:
+            update = disjoint_merge(weighted, weight, normalize)
+        else:
+            update = weighted[0]
+            for part in weighted[1:]:
+                update += part
+            if normalize:
+                update /= sum(weight)
+        if lambda_ != 1.0:
+            update *= lambda_
+        out[start:stop] = update
     return out.add_(flat_base).view(base.shape)
 
 
@@ -237,7 +224,9 @@ for _name, _elect, _normalize, _then in (
             INT8_MASK,
         ),
         base="required",
-        elementwise=False,
+        elementwise=True,
+        whole_rows=True,
+        stats=della_stats,
         check=della_param_problems,
         summary=f"τ̂_i keeps entry j w.p. p_j = density ± ε by magnitude rank in its row, ÷ p_j; {_then}",
     )(functools.partial(della, elect_signs=_elect))

@@ -14,7 +14,8 @@ with a ``stats`` step — what that step computed over the whole tensor.
 
 ``elementwise`` methods give the same result on any contiguous flat slice of their inputs as on the
 whole tensor (``piece.offset`` says where the slice starts), so the executor may stream them through
-cache-sized chunks. Whole-tensor quantities (TIES' trim threshold, SLERP's angle) come from the optional
+cache-sized chunks; with ``whole_rows`` only on slices made of whole rows (dim-0 slices: DELLA ranks
+entries within a row). Whole-tensor quantities (TIES' trim threshold, SLERP's angle) come from the optional
 ``stats(inputs, **params)`` step, which reads the whole tensor through ``TensorInputs`` before any piece
 is computed. The executor alone decides chunking, devices, threads and buffers.
 """
@@ -85,7 +86,8 @@ class TensorInputs:
 
     ``convert`` maps a slice of a stored tensor to the compute precision (identity when the tensors are
     already converted), so a stats step can walk a tensor of any size in small slices; ``workspace()``
-    lends one tensor-sized scratch buffer (the executor recycles it).
+    lends one tensor-sized scratch buffer (the executor recycles it). ``name`` and ``seed`` are the
+    output tensor's, as in ``Piece`` (a randomized method's stats step draws what its pieces draw).
     """
 
     def __init__(
@@ -94,7 +96,12 @@ class TensorInputs:
         base: torch.Tensor | None,
         convert: Callable[[torch.Tensor], torch.Tensor] = lambda tensor: tensor,
         workspace: Callable[[], torch.Tensor] | None = None,
+        *,
+        name: str = "tensor",
+        seed: int = 0,
     ) -> None:
+        self.name = name
+        self.seed = seed
         self.shape = tuple((base if base is not None else models[0]).shape)  # the whole tensor's shape
         self.has_base = base is not None
         self._models = [m.reshape(-1) for m in models]
@@ -124,6 +131,7 @@ class MergeMethod:
     model_count: int | None = None  # exact number of models other than the base, when the method needs it
     min_models: int = 1  # fewest models other than the base it accepts
     elementwise: bool = False
+    whole_rows: bool = False  # (elementwise) chunks must hold whole rows, i.e. whole dim-0 slices
     stats: Callable[..., Any] | None = None
     # Parameter values for which the method returns its single input unchanged: the planner then
     # copies the tensor's bytes instead of computing (e.g. passthrough with scale 1).
@@ -171,7 +179,8 @@ class MergeMethod:
         resolved = {p.name: params.get(p.name, p.default) for p in self.params}
         stats = None
         if self.stats is not None:
-            stats = self.stats(TensorInputs(models, base), **self.keywords(resolved))
+            inputs = TensorInputs(models, base, name=name, seed=seed)
+            stats = self.stats(inputs, **self.keywords(resolved))
         shape = tuple((base if base is not None else models[0]).shape)
         return self.apply(models, base, resolved, Piece(name, seed, 0, stats, shape))
 
@@ -187,6 +196,7 @@ def merge_method(
     model_count: int | None = None,
     min_models: int = 1,
     elementwise: bool = False,
+    whole_rows: bool = False,
     stats: Callable[..., Any] | None = None,
     is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None,
     summary: str = "",
@@ -205,6 +215,7 @@ def merge_method(
             model_count,
             min_models,
             elementwise,
+            whole_rows,
             stats,
             is_identity,
             summary,
