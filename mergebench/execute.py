@@ -12,7 +12,7 @@ import os
 import queue
 import threading
 from collections import OrderedDict, deque
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
 
@@ -20,7 +20,7 @@ import torch
 from tqdm import tqdm
 
 from mergebench.errors import CheckpointError
-from mergebench.io.writer import ShardedWriter
+from mergebench.io.writer import ShardedWriter, tensor_crc32
 from mergebench.methods.registry import Piece, TensorInputs
 from mergebench.planner import Copy, Merge, Op, RowMerge, op_input_bytes, op_refs
 from mergebench.vocab import RowGather, RowInputs
@@ -42,13 +42,15 @@ def run_op(
     buffers: BufferPool | None = None,
     *,
     chunked: bool | None = None,
+    helpers: ChunkHelpers | None = None,
 ) -> torch.Tensor:
     """Compute one output tensor from the stored tensors it reads (``op_refs(op)`` order); returns it on
     the CPU.
 
     ``buffers`` lends recycled memory for the output and for whole-tensor scratch space.
     ``chunked`` (default: elementwise methods on the CPU) streams the math through small chunks;
-    otherwise whole tensors go to ``device`` at once, which is what a GPU wants.
+    otherwise whole tensors go to ``device`` at once, which is what a GPU wants. ``helpers`` lets idle
+    cores take a share of a large op's chunks.
     """
     buffers = buffers or BufferPool(idle_limit=0)
     values = []
@@ -122,16 +124,72 @@ def run_op(
     out = flat_out.reshape(op.output.shape)
     split = 1 if base is not None else 0
     step = chunk_length(op.output.shape, method.whole_rows)
-    for start in range(0, flat_out.numel(), step):
-        if aligned is not None:
-            chunks = [aligned.flat(k, start, start + step) for k in range(len(flats))]
-        else:
-            chunks = [convert(flat[start : start + step]) for flat in flats]
-        part = method.apply(
-            chunks[split:], chunks[0] if split else None, op.params, replace(piece, offset=start)
-        )
-        flat_out[start : start + step] = part
+
+    def compute_chunks(starts: range) -> None:
+        for start in starts:
+            if aligned is not None:
+                chunks = [aligned.flat(k, start, start + step) for k in range(len(flats))]
+            else:
+                chunks = [convert(flat[start : start + step]) for flat in flats]
+            part = method.apply(
+                chunks[split:], chunks[0] if split else None, op.params, replace(piece, offset=start)
+            )
+            flat_out[start : start + step] = part
+
+    starts = range(0, flat_out.numel(), step)
+    # Token-aligned inputs are gathered block by block through shared state: one thread walks them.
+    if helpers is None or aligned is not None:
+        compute_chunks(starts)
+    else:
+        helpers.run(compute_chunks, starts)
     return out
+
+
+class ChunkHelpers:
+    """Idle cores take a share of a large op's chunks.
+
+    Ops run one per worker, so while many ops are in flight every core is busy; but a model's largest
+    tensors (embeddings, LM head) are also its first and last, and would otherwise run on one core
+    while the rest wait or idle. An op's chunks are split into as many contiguous runs as there are
+    cores per op in flight; the op's own thread computes the first run and helper threads the others.
+    Chunks are independent (elementwise methods), so the result is the same however they are shared.
+    """
+
+    MIN_CHUNKS = 8  # runs shorter than this are not worth a hand-over
+
+    def __init__(self, cores: int) -> None:
+        self.cores = cores
+        self._pool = ThreadPoolExecutor(max_workers=max(1, cores - 1), thread_name_prefix="mergebench-help")
+        self._lock = threading.Lock()
+        self._ops_running = 0
+
+    def __enter__(self) -> ChunkHelpers:
+        with self._lock:
+            self._ops_running += 1
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        with self._lock:
+            self._ops_running -= 1
+
+    def run(self, compute: Callable[[range], None], starts: range) -> None:
+        with self._lock:
+            share = self.cores // max(1, self._ops_running)
+        runs = max(1, min(share, len(starts) // self.MIN_CHUNKS))
+        if runs == 1:
+            compute(starts)
+            return
+        size = math.ceil(len(starts) / runs)
+        pieces = [starts[i : i + size] for i in range(0, len(starts), size)]
+        futures = [self._pool.submit(compute, piece) for piece in pieces[1:]]
+        try:
+            compute(pieces[0])
+        finally:
+            for future in futures:
+                future.result()
+
+    def shutdown(self) -> None:
+        self._pool.shutdown(wait=True, cancel_futures=True)
 
 
 def chunk_length(shape: Sequence[int], whole_rows: bool) -> int:
@@ -298,14 +356,14 @@ def execute_plan(
         while (item := out_queue.get()) is not None:
             if write_errors:
                 continue  # drain after a failure so the producer never blocks
-            name, tensor = item
+            name, tensor, crc32 = item
             try:
-                writer.write(name, tensor)
+                writer.write(name, tensor, crc32)
             except BaseException as exc:  # re-raised in the caller's thread
                 write_errors.append(exc)
             buffers.give(tensor)
 
-    def compute(op: Op, reading: Future) -> torch.Tensor:
+    def compute(op: Op, reading: Future) -> tuple[torch.Tensor, int | None]:
         inputs = reading.result()
         if on_gpu:  # each worker thread issues its work on a stream of its own
             if not hasattr(streams, "stream"):
@@ -313,11 +371,14 @@ def execute_plan(
             with torch.cuda.stream(streams.stream):
                 merged = run_op(op, inputs, device, buffers)
         else:
-            merged = run_op(op, inputs, device, buffers)
+            assert helpers is not None
+            with helpers:
+                merged = run_op(op, inputs, device, buffers, helpers=helpers)
         for tensor in inputs:
             if not same_storage(tensor, merged):
                 buffers.give(tensor)
-        return merged
+        # Checksummed here, where workers run in parallel, rather than on the one writer thread.
+        return merged, tensor_crc32(merged) if writer.checksums else None
 
     writer_thread = threading.Thread(target=write_loop, name="mergebench-writer", daemon=True)
     writer_thread.start()
@@ -325,6 +386,7 @@ def execute_plan(
     upcoming = deque(ops)
     readers = ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read")
     computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergebench-compute")
+    helpers = None if on_gpu else ChunkHelpers(workers)
     try:
 
         def fill() -> None:
@@ -340,16 +402,18 @@ def execute_plan(
         for count in range(1, len(ops) + 1):
             fill()
             op, future = in_flight.popleft()
-            merged = future.result()
+            merged, crc32 = future.result()
             if write_errors:
                 raise write_errors[0]
-            out_queue.put((op.output.name, merged))
+            out_queue.put((op.output.name, merged, crc32))
             bar.update(op.output.nbytes)
             bar.set_postfix_str(f"{count}/{len(ops)} tensors", refresh=False)
     finally:
         for _, future in in_flight:
             future.cancel()
         computers.shutdown(wait=True, cancel_futures=True)
+        if helpers is not None:
+            helpers.shutdown()
         readers.shutdown(wait=True, cancel_futures=True)
         out_queue.put(None)
         writer_thread.join()

@@ -165,3 +165,41 @@ def test_della_streams_through_row_chunks_of_any_shape(monkeypatch, shape):
     whole = method(tensors[1:], tensors[0], name=job.output.name, seed=job.seed, **params)
     assert torch.equal(chunked, whole)
     assert not torch.equal(chunked, tensors[0])  # something was merged
+
+
+@pytest.mark.parametrize("method_name", sorted(n for n, m in all_methods().items() if m.elementwise))
+def test_chunks_shared_with_helper_threads_give_the_same_bytes(monkeypatch, method_name):
+    """An op whose chunks are split among helper threads (idle cores) writes exactly what one thread
+    walking every chunk writes, for every elementwise method (randomized ones included)."""
+    method = get_method(method_name)
+    count = method.model_count or 3
+    generator = torch.Generator().manual_seed(2)
+    shape = (64, 250)
+    base = torch.randn(shape, generator=generator)
+    tensors = [base] + [base + 0.02 * torch.randn(shape, generator=generator) for _ in range(count)]
+    tensors = [t.to(torch.bfloat16) for t in tensors]
+    uses_base = method.base != "unused"
+    job = Merge(
+        output=TensorSpec("model.layers.0.mlp.up_proj.weight", shape, torch.bfloat16),
+        method=method,
+        base=InMemory() if uses_base else None,
+        models=(InMemory(),) * count,
+        params=default_params(method, count),
+        seed=9,
+    )
+    inputs = tensors if uses_base else tensors[1:]
+    monkeypatch.setattr(execute, "CHUNK", 500)  # 32+ chunks: enough for four runs of MIN_CHUNKS
+    alone = execute.run_op(job, list(inputs))
+    helpers = execute.ChunkHelpers(4)
+    shared = []
+    original = helpers._pool.submit
+    monkeypatch.setattr(
+        helpers._pool, "submit", lambda fn, piece: shared.append(piece) or original(fn, piece)
+    )
+    try:
+        with helpers:
+            together = execute.run_op(job, list(inputs), helpers=helpers)
+    finally:
+        helpers.shutdown()
+    assert len(shared) == 3  # the op's own thread took one run, helpers the other three
+    assert torch.equal(alone, together)

@@ -243,3 +243,22 @@ def test_resume_never_takes_over_a_live_run(reference, tmp_path):
     assert running.returncode == 0, stderr
     assert digest(out) == expected
     assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_crc32_of_a_shard_is_combined_from_its_tensors_crcs():
+    """Workers checksum their own tensors; the writer only combines: the result must be zlib's CRC-32
+    of the concatenated bytes (what ``--resume`` recomputes from the file), for any lengths."""
+    import zlib
+
+    from mergebench.io.writer import Crc32
+
+    rng = random.Random(7)
+    for _ in range(100):
+        parts = [rng.randbytes(rng.choice([0, 1, 3, rng.randint(0, 5000)])) for _ in range(rng.randint(1, 6))]
+        running = Crc32()
+        for index, part in enumerate(parts):
+            if index % 2:
+                running.update(part)  # the header and split tensors are hashed by the writer itself
+            else:
+                running.append(zlib.crc32(part), len(part))
+        assert running.value == zlib.crc32(b"".join(parts))
