@@ -767,6 +767,7 @@ class RowInputs(TensorInputs):
         )
         self._gather = gather
         self._split = 1 if has_base else 0
+        self.device = torch.device("cpu")  # gathered on the CPU (the chunked path)
 
     def model(self, index: int, start: int, stop: int) -> torch.Tensor:
         return self._gather.flat(self._split + index, start, stop)

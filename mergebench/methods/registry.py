@@ -108,6 +108,7 @@ class TensorInputs:
         self._base = base.reshape(-1) if base is not None else None
         reference = self._base if self._base is not None else self._models[0]
         self.numel = reference.numel()
+        self.device = reference.device  # where the values are computed (slices are converted there)
         self.count = len(self._models)
         self._convert = convert
         self.workspace = workspace or (lambda: torch.empty_like(reference))

@@ -19,25 +19,35 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.sparsify import dare_drop, disjoint_merge, keep_count, top_k_cut, trim_mask
+from mergebench.methods.selection import Values, streamed_top_k_cut
+from mergebench.methods.sparsify import dare_drop, disjoint_merge, keep_count, trim_mask
 
 STATS_CHUNK = 1 << 18
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
-    """Each task vector's trim (threshold, tie cutoff) over the whole tensor. |τ_i| is built slice by
-    slice in one recycled workspace, so no other tensor-sized temporaries are allocated."""
+    """Each task vector's trim (threshold, tie cutoff) over the whole tensor. |τ_i| is recomputed slice
+    by slice where it is needed (``streamed_top_k_cut``); a tensor-sized workspace is filled only
+    if the sampled bracket misses."""
     n = inputs.numel
-    magnitude = inputs.workspace()
-    trims = []
-    for index, d in enumerate(density):
+    step = STATS_CHUNK if inputs.device.type == "cpu" else max(1, n)  # a GPU wants whole tensors
+
+    def magnitude(index: int) -> Values:
+        return lambda start, stop: torch.sub(
+            inputs.model(index, start, stop), inputs.base(start, stop)
+        ).abs_()
+
+    def materialize(index: int) -> torch.Tensor:
+        whole = inputs.workspace()
         for start in range(0, n, STATS_CHUNK):
             stop = min(start + STATS_CHUNK, n)
-            torch.sub(
-                inputs.model(index, start, stop), inputs.base(start, stop), out=magnitude[start:stop]
-            ).abs_()
-        trims.append(top_k_cut(magnitude, keep_count(n, d)))
-    return trims
+            whole[start:stop] = magnitude(index)(start, stop)
+        return whole
+
+    return [
+        streamed_top_k_cut(magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step)
+        for i, d in enumerate(density)
+    ]
 
 
 @merge_method(

@@ -1,0 +1,74 @@
+"""Exact top-k selection over a tensor that need not exist: the values are produced slice by slice.
+
+TIES keeps the k largest |τ| of a whole tensor. Materialising |τ| costs a tensor-sized float32
+buffer and five passes over it in memory (count above, two bracket compares, their AND, nonzero):
+on many cores memory traffic, not arithmetic, bounds it. Here the values are recomputed per
+cache-sized slice from the inputs instead, in two passes (a strided sample, then a count and the few
+entries near the cut), and only when the sample's bracket misses is the whole tensor materialised.
+The answer never depends on the sample: the bracket is verified by counting.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+
+SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
+BRACKET = 0.01  # quantile half-width of the bracket
+
+
+Values = Callable[[int, int], torch.Tensor]  # (start, stop) → 1-D float values of that flat range
+
+
+def streamed_top_k_cut(
+    values: Values, n: int, k: int, materialize: Callable[[], torch.Tensor], step: int
+) -> tuple[float, int]:
+    """(threshold, cutoff) keeping exactly the k largest of n values: |x| > threshold, plus entries
+    equal to the threshold up to flat index ``cutoff`` (ties broken toward lower index).
+
+    ``values(start, stop)`` gives the flat range [start, stop) (any slice, recomputed on demand);
+    ``step`` is the slice length to walk with; ``materialize()`` returns all n values as one tensor,
+    used only when the sampled bracket misses.
+    """
+    if k >= n:
+        return float("-inf"), -1
+    if k <= 0:
+        return float("inf"), -1
+    slices = [(start, min(start + step, n)) for start in range(0, n, step)]
+    if n > 1 << 20:
+        stride = n // SAMPLE
+        sample = torch.cat([values(a, b)[(-a) % stride :: stride] for a, b in slices]).float()
+        q = 1.0 - k / n
+        bounds = torch.quantile(
+            sample, torch.tensor([max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)], device=sample.device)
+        )
+        lo, hi = bounds[0].item(), bounds[1].item()
+        above, positions, inside = 0, [], []
+        for a, b in slices:
+            chunk = values(a, b)
+            above += int(torch.count_nonzero(chunk > hi))
+            where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
+            inside.append(chunk[where])
+            positions.append(where + a)
+        if above < k:
+            flat_positions = torch.cat(positions)
+            if 0 < k - above <= flat_positions.numel():
+                return _cut(torch.cat(inside), k - above, flat_positions)
+    return _cut(materialize(), k, None)
+
+
+def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
+    """``streamed_top_k_cut`` over a materialised 1-D tensor."""
+    n = magnitude.numel()
+    return streamed_top_k_cut(lambda a, b: magnitude[a:b], n, k, lambda: magnitude, max(1, n))
+
+
+def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:
+    """Threshold and tie cutoff for the k largest of ``values`` (flat indices mapped by ``positions``)."""
+    threshold = torch.kthvalue(values, values.numel() - k + 1).values
+    missing = k - int(torch.count_nonzero(values > threshold))
+    if missing <= 0:
+        return float(threshold), -1
+    tied = (values == threshold).nonzero().reshape(-1)[missing - 1]
+    return float(threshold), int(positions[tied] if positions is not None else tied)
