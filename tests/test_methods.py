@@ -7,6 +7,7 @@ import pytest
 import torch
 
 from mergebench.methods import get_method
+from mergebench.methods.selection import streamed_top_k_cut
 from mergebench.methods.sparsify import keep_mask, magnitude_mask, top_k_cut, trim_mask
 from tests import reference as ref
 
@@ -108,6 +109,26 @@ def test_top_k_cut_is_exact_on_large_and_adversarial_inputs():
             # ties at the threshold are taken from the lowest indices
             tied = (data == threshold).nonzero().reshape(-1)
             assert torch.equal(kept[tied], torch.arange(tied.numel()) < int(kept[tied].sum()))
+
+
+def test_streamed_top_k_cut_equals_the_materialised_cut_for_any_slicing():
+    """TIES' thresholds from slices recomputed on demand equal those of the whole tensor, whether the
+    sampled bracket holds (no tensor-sized buffer) or misses (all-equal values: the fallback)."""
+    n = (1 << 20) + 12345
+    values = torch.randn(n, generator=torch.Generator().manual_seed(0)).abs()
+    for data, bracket_holds in ((values, True), (values.round(decimals=2), True), (torch.ones(n), False)):
+        for k in (1, n // 5, n - 3):
+            for step in (70001, 1 << 18, n):
+                materialised = []
+
+                def materialize(data=data, materialised=materialised):
+                    materialised.append(True)
+                    return data.clone()
+
+                got = streamed_top_k_cut(lambda a, b, data=data: data[a:b].clone(), n, k, materialize, step)
+                assert got == top_k_cut(data, k), (k, step)
+                if k == n // 5:  # (extreme k may fall outside the sampled bracket: the fallback)
+                    assert bool(materialised) != bracket_holds
 
 
 def masks_for(models, densities, key):
