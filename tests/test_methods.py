@@ -113,10 +113,12 @@ def test_top_k_cut_is_exact_on_large_and_adversarial_inputs():
 
 def test_streamed_top_k_cut_equals_the_materialised_cut_for_any_slicing():
     """TIES' thresholds from slices recomputed on demand equal those of the whole tensor, whether the
-    sampled bracket holds (no tensor-sized buffer) or misses (all-equal values: the fallback)."""
+    sampled bracket holds (no tensor-sized buffer) or misses (a misleading sample: the fallback)."""
     n = (1 << 20) + 12345
     values = torch.randn(n, generator=torch.Generator().manual_seed(0)).abs()
-    for data, bracket_holds in ((values, True), (values.round(decimals=2), True), (torch.ones(n), False)):
+    misleading = torch.ones(n)
+    misleading[:: n // (1 << 16)] = 0.0  # every sampled entry is 0, the rest 1: the bracket must miss
+    for data, bracket_holds in ((values, True), (values.round(decimals=2), True), (misleading, False)):
         for k in (1, n // 5, n - 3):
             for step in (70001, 1 << 18, n):
                 materialised = []
