@@ -5,11 +5,14 @@ Conventions the implementations must share with these references (they are the m
 contract, not implementation details):
   * counts are ⌊fraction·n⌋ of the decimal written (0.29·100 = 29);
   * magnitude / variance orders break ties by flat index: in descending order the lower index first;
-  * DELLA's randomness is given as uniforms U (one per entry per model): entry kept when U < p.
+  * DELLA's randomness is given as uniforms U (one per entry per model): entry kept when U < p;
+  * those uniforms (DARE's too) are ``counter_uniforms``: a keyed triple32 hash of the flat position,
+    written here in numpy uint32 arithmetic (wrap-around defined), mergebench in torch int64.
 """
 
 from __future__ import annotations
 
+import hashlib
 from decimal import Decimal
 
 import numpy as np
@@ -28,6 +31,42 @@ def descending_order(values: np.ndarray) -> np.ndarray:
     """Flat indices by descending value; equal values: lower index first."""
     flat = values.ravel()
     return np.lexsort((np.arange(flat.size), -flat))
+
+
+# ------------------------------------------------------------------------------------------------
+# DARE's and DELLA's uniforms
+
+
+def counter_uniforms(numel: int, seed: int, name: str, model_index: int, offset: int = 0) -> np.ndarray:
+    """float32 U_j for flat positions j in [offset, offset + numel) of model ``model_index``: the top
+    24 bits of triple32 (hash-prospector) of (j mod 2³²) + k0, k1 xored in after its first multiply,
+    × 2⁻²⁴; (k0, k1) the 32-bit halves of SplitMix64's output number j ÷ 2³² (from 0) when seeded
+    with the first 8 bytes (little-endian) of sha256(repr((seed, name, model_index)))."""
+    mask64 = (1 << 64) - 1
+    stream = int.from_bytes(hashlib.sha256(repr((seed, name, model_index)).encode()).digest()[:8], "little")
+    positions = np.arange(offset, offset + numel, dtype=np.uint64)
+    segments = positions >> np.uint64(32)
+    out = np.empty(numel, dtype=np.float32)
+    u32 = np.uint32
+    for segment in np.unique(segments):
+        z = (stream + (int(segment) + 1) * 0x9E3779B97F4A7C15) & mask64
+        z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & mask64
+        z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & mask64
+        z ^= z >> 31
+        k0, k1 = u32(z & 0xFFFFFFFF), u32(z >> 32)
+        here = segments == segment
+        with np.errstate(over="ignore"):
+            x = (positions[here] & np.uint64(0xFFFFFFFF)).astype(u32) + k0
+            x ^= x >> u32(17)
+            x *= u32(0xED5AD4BB)
+            x ^= k1
+            x ^= x >> u32(11)
+            x *= u32(0xAC4C1B51)
+            x ^= x >> u32(15)
+            x *= u32(0x31848BAB)
+            x ^= x >> u32(14)
+        out[here] = (x >> u32(8)).astype(np.float32) * np.float32(2.0**-24)
+    return out
 
 
 # ------------------------------------------------------------------------------------------------

@@ -967,13 +967,13 @@ def writer_raises_once(env: Env) -> list[str]:
     real = ShardedWriter.write
     calls = [0]
 
-    def write(self, name, tensor):
+    def write(self, name, tensor, crc32=None):
         calls[0] += 1
         if calls[0] == 3:
             raise OutputError(
                 f"{self.directory / self.file_names[0]}: write failed (injected in the writer thread)"
             )
-        return real(self, name, tensor)
+        return real(self, name, tensor, crc32)
 
     env.monkeypatch.setattr(ShardedWriter, "write", write)
     return merge_ties(env)

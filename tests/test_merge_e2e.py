@@ -125,7 +125,7 @@ def reference_merge(family, method: str) -> tuple[dict, dict]:
         }
         reference = ref.dare_linear if method == "dare_linear" else ref.dare_ties
         for k in b:
-            # The documented seeding contract: keep-mask i of tensor k is drawn from (seed, k, i, block).
+            # The documented seeding contract: keep-mask i of tensor k is hashed from (seed, k, i, position).
             masks = [
                 keep_mask(b[k].size, d, (7, k), i).reshape(b[k].shape).numpy()
                 for i, d in enumerate((0.4, 0.7))

@@ -7,8 +7,8 @@ import pytest
 import torch
 
 from mergebench.methods import get_method
-from mergebench.methods.selection import streamed_top_k_cut
-from mergebench.methods.sparsify import keep_mask, magnitude_mask, top_k_cut, trim_mask
+from mergebench.methods.selection import streamed_top_k_cut, top_k_cut
+from mergebench.methods.sparsify import keep_mask, magnitude_mask, trim_mask
 from tests import reference as ref
 
 

@@ -377,6 +377,190 @@ def test_della_density_and_epsilon_must_stay_inside_unit_interval(trio):
 
 
 # ------------------------------------------------------------------------------------------------
+# DARE's and DELLA's uniforms: a counter-based hash of (seed, tensor name, model, flat position)
+
+KEY = (3, "model.layers.0.mlp.up_proj.weight")
+DRAWS = 1 << 20
+
+
+def chi_square_ok(counts) -> bool:
+    """χ² of equally likely bins within 5 standard deviations of its mean (the degrees of freedom):
+    too uneven fails, and so does too even (a stratified, not random, sequence)."""
+    counts = np.asarray(counts, dtype=np.float64).ravel()
+    expected = counts.sum() / counts.size
+    dof = counts.size - 1
+    return abs(((counts - expected) ** 2 / expected).sum() - dof) < 5 * math.sqrt(2 * dof)
+
+
+def joint_ok(a: np.ndarray, b: np.ndarray) -> bool:
+    """Pairs (a_j, b_j) of uniforms look independent: correlation, and χ² on a 32 × 32 grid of their
+    top 5 bits and of bits 19 … 23 (the lowest of the 24)."""
+    if abs(np.corrcoef(a, b)[0, 1]) >= 5 / math.sqrt(a.size):
+        return False
+    top = (a * 32).astype(np.int64) * 32 + (b * 32).astype(np.int64)
+    ka, kb = (a * 2**24).astype(np.int64), (b * 2**24).astype(np.int64)
+    low = (ka % 32) * 32 + kb % 32
+    return chi_square_ok(np.bincount(top, minlength=1024)) and chi_square_ok(np.bincount(low, minlength=1024))
+
+
+@pytest.fixture(params=["numpy", "torch"])
+def hash_impl(request, monkeypatch):
+    """Both CPU implementations of the hash: numpy uint32 (the default) and torch int64 (what an
+    accelerator runs; here on the CPU, so CI without a GPU checks it too)."""
+    monkeypatch.setattr(sparsify, "NUMPY_ON_CPU", request.param == "numpy")
+    return request.param
+
+
+@pytest.mark.parametrize("block", [None, 777])
+def test_uniforms_match_the_uint32_reference(monkeypatch, hash_impl, block):
+    """Both implementations are exactly the uint32 hash: across 2³² boundaries, far positions, and
+    where the counter (j mod 2³²) + k0 wraps around 2³² inside a block."""
+    if block is not None:
+        monkeypatch.setattr(sparsify, "HASH_BLOCK", block)
+    k0 = sparsify.segment_key(sparsify.stream_key(KEY, 1), 0)[0]
+    k0_far = sparsify.segment_key(sparsify.stream_key(KEY, 1), 5)[0]
+    assert 2000 < k0 < (1 << 32) - 2000 and 2000 < k0_far < (1 << 32) - 2000
+    for numel, offset in [
+        (3000, 0),
+        (4000, (1 << 32) - 1500),  # across the first 2³² boundary
+        (2000, (1 << 32) - k0 - 1000),  # the counter wraps mid-range
+        (2000, (5 << 32) + (1 << 32) - k0_far - 1000),  # likewise in segment 5
+        (1000, (1 << 62) + 12345),
+    ]:
+        got = uniforms(numel, KEY, 1, offset)
+        assert got.dtype == torch.float32 and got.device.type == "cpu"
+        assert got.numpy().tobytes() == ref.counter_uniforms(numel, *KEY, 1, offset).tobytes(), offset
+
+
+def test_uniforms_are_multiples_of_2_pow_minus_24_in_unit_interval():
+    u = uniforms(DRAWS, KEY, 0)
+    assert u.dtype == torch.float32 and torch.all(u >= 0) and torch.all(u < 1)
+    scaled = u.double() * 2**24
+    assert torch.equal(scaled, scaled.floor())  # exactly k·2⁻²⁴
+    k = scaled.long()
+    for bit in range(24):  # all 24 bits random: each set half the time
+        assert abs(((k >> bit) & 1).double().mean().item() - 0.5) < 5 * 0.5 / math.sqrt(DRAWS), bit
+
+
+@pytest.mark.parametrize("key,model,offset", [(KEY, 0, 0), ((4, "lm_head.weight"), 2, 0), (KEY, 1, 5 << 32)])
+def test_uniforms_are_uniform(key, model, offset):
+    u = uniforms(DRAWS, key, model, offset).double().numpy()
+    assert chi_square_ok(np.bincount((u * 1024).astype(np.int64), minlength=1024))  # top 10 bits
+    assert chi_square_ok(np.bincount((u * 2**24).astype(np.int64) % 1024, minlength=1024))  # low 10
+    ordered = np.sort(u)  # Kolmogorov–Smirnov against U[0, 1): critical value at α = 0.001
+    steps = np.arange(1, DRAWS + 1) / DRAWS
+    assert max((steps - ordered).max(), (ordered - steps + 1 / DRAWS).max()) < 1.95 / math.sqrt(DRAWS)
+    assert abs(u.mean() - 0.5) < 5 * math.sqrt(1 / 12 / DRAWS)
+
+
+def test_uniforms_are_independent():
+    """Neighbours (lags 1 … 4096: a row apart), other models, seeds, tensors and 2³² segments."""
+    u = uniforms(DRAWS + 4096, KEY, 0).double().numpy()
+    first = u[:DRAWS]
+    for lag in (1, 2, 3, 7, 64, 4096):
+        assert joint_ok(first, u[lag : lag + DRAWS]), lag
+    others = {
+        "model 1": uniforms(DRAWS, KEY, 1),
+        "seed 4": uniforms(DRAWS, (4, KEY[1]), 0),
+        "another tensor": uniforms(DRAWS, (KEY[0], "model.layers.0.mlp.down_proj.weight"), 0),
+        "positions + 2³²": uniforms(DRAWS, KEY, 0, 1 << 32),
+    }
+    for what, other in others.items():
+        assert joint_ok(first, other.double().numpy()), what
+
+
+def test_positions_beyond_2_pow_32_get_their_own_draws():
+    n = 4096
+    low = uniforms(n, KEY, 0, 5)
+    for high in ((1 << 32) + 5, (7 << 32) + 5, (1 << 62) + 5):
+        assert int((uniforms(n, KEY, 0, high) == low).sum()) < 4, high  # equal by chance only (2⁻²⁴)
+    across = (1 << 32) - n // 2  # and a range across the boundary is its two halves
+    assert torch.equal(
+        uniforms(n, KEY, 0, across),
+        torch.cat([uniforms(n // 2, KEY, 0, across), uniforms(n // 2, KEY, 0, 1 << 32)]),
+    )
+
+
+def test_uniforms_of_a_chunk_are_those_of_the_whole(monkeypatch, hash_impl):
+    whole = uniforms(10_000, KEY, 2, 123)
+    cuts = [0, 1, 17, 4096, 4097, 9000, 10_000]
+    pieces = [uniforms(b - a, KEY, 2, 123 + a) for a, b in zip(cuts, cuts[1:], strict=False)]
+    assert torch.equal(torch.cat(pieces), whole)
+    keep = sparsify.keep_mask(10_000, 0.4, KEY, 2, 123)
+    assert torch.equal(
+        torch.cat(
+            [sparsify.keep_mask(b - a, 0.4, KEY, 2, 123 + a) for a, b in zip(cuts, cuts[1:], strict=False)]
+        ),
+        keep,
+    )
+    for block in (7, 1000):  # the hash's own blocking does not matter either
+        monkeypatch.setattr(sparsify, "HASH_BLOCK", block)
+        assert torch.equal(uniforms(10_000, KEY, 2, 123), whole)
+        assert torch.equal(sparsify.keep_mask(10_000, 0.4, KEY, 2, 123), keep)
+    assert uniforms(0, KEY, 0).shape == (0,) and sparsify.keep_mask(0, 0.5, KEY, 0).shape == (0,)
+
+
+def test_keep_mask_is_uniforms_below_density(hash_impl):
+    """keep_mask decides on the hash, but exactly as torch compares U < density (in float32)."""
+    u = uniforms(DRAWS, KEY, 0)
+    drawn = u[123].item()  # a density whose float32 is a drawn value, just above and below it
+    densities = [0.0, 1e-9, 2**-24, 0.1, 0.3, 1 / 3, 0.5, 0.7, 0.9, 1 - 2**-26, 1.0, 1.5, -0.5, math.nan]
+    for density in [*densities, drawn, drawn + 2**-40, drawn - 2**-40]:
+        assert torch.equal(sparsify.keep_mask(DRAWS, density, KEY, 0), u < density), density
+    assert not sparsify.keep_mask(DRAWS, drawn + 2**-40, KEY, 0)[123]  # float32(density) == U: dropped
+
+
+@pytest.mark.parametrize("density", [0.05, 0.3, 0.5, 0.9])
+def test_keep_rate(density):
+    kept = sparsify.keep_mask(DRAWS, density, KEY, 1).double().mean().item()
+    assert abs(kept - density) < 5 * math.sqrt(density * (1 - density) / DRAWS)
+
+
+def test_dare_seeding():
+    """Same seed, same bytes; another seed, tensor name or model index, another mask."""
+    tau = rand(64, 64, seed=8)
+
+    def dropped(key, models=1):
+        params = dict(weight=[1.0] * models, density=[0.5] * models, rescale=False)
+        return call("dare_linear", [tau] * models, torch.zeros_like(tau), key=key, **params)
+
+    first = dropped((1, "a"))
+    assert first.numpy().tobytes() == dropped((1, "a")).numpy().tobytes()
+    mask = first != 0
+    assert torch.equal(mask, sparsify.keep_mask(tau.numel(), 0.5, (1, "a"), 0).view(tau.shape))
+    assert not torch.equal(mask, dropped((2, "a")) != 0)  # another seed
+    assert not torch.equal(mask, dropped((1, "b")) != 0)  # another tensor
+    both = dropped((1, "a"), models=2)  # model 1's mask is its own: τ·(m0 + m1) takes 0, 1 and 2
+    assert {0.0, 1.0, 2.0} <= set((both / tau).unique().tolist())
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA")
+@pytest.mark.parametrize("block", [None, 1000])
+def test_cuda_draws_are_the_cpu_bytes(monkeypatch, block):
+    if block is not None:
+        monkeypatch.setattr(sparsify, "HASH_BLOCK_DEVICE", block)
+    k0 = sparsify.segment_key(sparsify.stream_key(KEY, 1), 0)[0]
+    for numel, offset in [
+        (DRAWS, 0),
+        (5000, (1 << 32) - 2500),
+        (2000, (1 << 32) - k0 - 1000),
+        (3000, 7 << 32),
+    ]:
+        cpu = uniforms(numel, KEY, 1, offset)
+        gpu = uniforms(numel, KEY, 1, offset, device="cuda")
+        assert gpu.device.type == "cuda" and gpu.cpu().numpy().tobytes() == cpu.numpy().tobytes()
+        for density in (0.1, 0.7, 1 / 3):
+            keep = sparsify.keep_mask(numel, density, KEY, 1, offset, device=torch.device("cuda"))
+            assert keep.device.type == "cuda" and torch.equal(keep.cpu(), cpu < density)
+    for dtype in (torch.float32, torch.bfloat16, torch.float64):  # the rescale too: 1/0.3 is inexact
+        delta = rand(300, 70, seed=9).to(dtype)
+        on_cpu = sparsify.dare_drop(delta, 0.3, KEY, 2, offset=11)
+        on_gpu = sparsify.dare_drop(delta.cuda(), 0.3, KEY, 2, offset=11)
+        assert on_gpu.device.type == "cuda" and on_gpu.dtype == dtype
+        assert torch.equal(on_gpu.cpu().view(torch.uint8), on_cpu.view(torch.uint8)), dtype
+
+
+# ------------------------------------------------------------------------------------------------
 # edge cases shared by all methods
 
 DETERMINISTIC = {
@@ -543,8 +727,8 @@ def test_chunked_equals_whole_tensor(monkeypatch, method_name, dtype):
         compute_dtype=None,
         seed=3,
     )
-    monkeypatch.setattr(execute, "CHUNK", 1000)  # many chunks, misaligned with rows and RNG blocks
-    monkeypatch.setattr(sparsify, "RANDOM_BLOCK", 4096)  # several RNG blocks per tensor
+    monkeypatch.setattr(execute, "CHUNK", 1000)  # many chunks, misaligned with rows and hash blocks
+    monkeypatch.setattr(sparsify, "HASH_BLOCK", 4096)  # several hash blocks per chunk and tensor
     monkeypatch.setattr(della_module, "BLOCK", 500)  # DELLA walks several blocks of whole rows
     chunked = execute.run_op(job, tensors)
     on_device = execute.run_op(job, tensors, "cpu", chunked=False)  # the path a GPU takes

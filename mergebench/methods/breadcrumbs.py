@@ -27,7 +27,8 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, top_k_cut, trim_mask
+from mergebench.methods.selection import top_k_cut
+from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, trim_mask
 
 STATS_CHUNK = 1 << 18
 

@@ -12,10 +12,11 @@ Survivors are rescaled by 1/p, the paper's 1/(1 − p_drop), which keeps every e
 mergekit 0.1.5's ``rescale`` instead scales each sparsified task vector to its original L1 norm; that
 is ``rescale_l1: true`` here.
 
-Uniforms are drawn per flat position (``sparsify.uniforms``: blocks seeded by (seed, tensor name,
-model, block)), so a rerun is byte-identical on any device and thread count. They are DARE's draws:
-with ε = 0 DELLA keeps DARE's entries (U < p is compared in float64, DARE's U < density in float32;
-they differ only for a draw equal to float32(density) < density, probability 2⁻²⁴ an entry).
+Uniforms come from a counter-based hash of (seed, tensor name, model, flat position)
+(``sparsify.uniforms``, computed on the merging device), so a rerun is byte-identical on any device
+and thread count. They are DARE's draws: with ε = 0 DELLA keeps DARE's entries (U < p is compared in
+float64, DARE's U < density in float32; they differ only for a draw equal to float32(density) <
+density, probability 2⁻²⁴ an entry).
 Ranks need whole rows, so the method is ``elementwise`` over ``whole_rows``: the executor streams it
 through chunks of whole rows (bounded memory, like DARE); only ``rescale_l1`` needs whole-tensor
 quantities (each task vector's L1 norms before and after pruning), computed by its stats step.
@@ -110,7 +111,7 @@ def magprune(
     if density >= 1.0:
         return delta
     p = magprune_probabilities(delta, density, epsilon)
-    uniform = uniforms(delta.numel(), key, model_index, offset).to(delta.device).view(delta.shape)
+    uniform = uniforms(delta.numel(), key, model_index, offset, device=delta.device).view(delta.shape)
     keep = uniform.to(torch.float64) < p
     if divide:
         return torch.where(keep, delta.to(torch.float64) / p, 0.0).to(delta.dtype)

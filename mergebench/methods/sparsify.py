@@ -2,16 +2,17 @@
 
 from __future__ import annotations
 
+import functools
 import hashlib
 import math
+import struct
 from collections.abc import Sequence
 from fractions import Fraction
 
+import numpy as np
 import torch
 
-# DARE's keep-mask is drawn in blocks of this many entries, each from its own seed, so any chunk of
-# a tensor can be processed alone and still get the same mask as the whole tensor would.
-RANDOM_BLOCK = 1 << 18
+from mergebench.methods.selection import top_k_cut
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -64,44 +65,6 @@ def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
     return trim_mask(delta, *trim_threshold(delta, density))
 
 
-def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
-    """(threshold, cutoff) keeping exactly the k largest entries of a 1-D tensor (see trim_threshold).
-
-    An exact selection over tens of millions of entries dominates TIES' cost, so the k-th value is
-    first bracketed with quantiles of a strided sample; the exact selection then runs only over the
-    few entries inside the bracket. If the bracket misses (it is checked by counting), the full
-    selection runs instead, so the answer never depends on the sample.
-    """
-    n = magnitude.numel()
-    if k >= n:
-        return float("-inf"), -1
-    if k <= 0:
-        return float("inf"), -1
-    if n > 1 << 20:
-        sample = magnitude[:: n // (1 << 16)].float()
-        q = 1.0 - k / n
-        bounds = torch.quantile(
-            sample, torch.tensor([max(q - 0.01, 0.0), min(q + 0.01, 1.0)], device=sample.device)
-        )
-        lo, hi = bounds[0].item(), bounds[1].item()
-        above = int(torch.count_nonzero(magnitude > hi))
-        if above < k:
-            positions = ((magnitude >= lo) & (magnitude <= hi)).nonzero().reshape(-1)
-            if 0 < k - above <= positions.numel():
-                return _cut(magnitude[positions], k - above, positions)
-    return _cut(magnitude, k, None)
-
-
-def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:
-    """Threshold and tie cutoff for the k largest of ``values`` (flat indices mapped by ``positions``)."""
-    threshold = torch.kthvalue(values, values.numel() - k + 1).values
-    missing = k - int(torch.count_nonzero(values > threshold))
-    if missing <= 0:
-        return float(threshold), -1
-    tied = (values == threshold).nonzero().reshape(-1)[missing - 1]
-    return float(threshold), int(positions[tied] if positions is not None else tied)
-
-
 def seeded_generator(seed: int, *key: object) -> torch.Generator:
     """A CPU generator seeded from (seed, key…): results do not depend on thread or tensor order."""
     digest = hashlib.sha256(repr((seed, *key)).encode()).digest()
@@ -110,26 +73,177 @@ def seeded_generator(seed: int, *key: object) -> torch.Generator:
     return generator
 
 
-def uniforms(numel: int, key: tuple, model_index: int, offset: int = 0) -> torch.Tensor:
-    """U_j ~ U[0, 1) (float32, CPU) for flat entries [offset, offset + numel) of model ``model_index``:
-    drawn block by block of RANDOM_BLOCK entries, block b from seed (key, model, b), so any slice of a
-    tensor gets the same numbers as the whole tensor would (DARE and DELLA draw their masks from them)."""
+# ------------------------------------------------------------------------------------------------
+# DARE's and DELLA's uniforms: a counter-based hash of (key, model, flat position)
+
+HASH_BLOCK = 1 << 16  # entries hashed at a time on the CPU: the work arrays stay in L2
+HASH_BLOCK_DEVICE = 1 << 22  # on an accelerator: few kernel launches, 64 MiB of work arrays
+NUMPY_ON_CPU = True  # CPU: numpy uint32 arithmetic, 3× faster than torch int64 (same numbers)
+_M32 = (1 << 32) - 1
+_M64 = (1 << 64) - 1
+_U32 = np.uint32
+
+# triple32 (C. Wellons, hash-prospector): x ^= x>>17; x *= ed5ad4bb; x ^= x>>11; x *= ac4c1b51;
+# x ^= x>>15; x *= 31848bab; x ^= x>>14 (mod 2³²); k1 is xored in after the first multiply
+_ROUNDS = ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB))
+_LAST_SHIFT = 14
+
+
+def _signed32(c: int) -> int:
+    """A 32-bit multiplier as the signed value with the same residue mod 2³²: |x·c| < 2⁶³ for x < 2³²."""
+    return c - (1 << 32) if c >= 1 << 31 else c
+
+
+def stream_key(key: tuple, model_index: int) -> int:
+    """The 64-bit key of model ``model_index``'s draws for ``key`` = (seed, tensor name): sha256 of
+    repr((seed, name, model_index)), first 8 bytes little-endian."""
+    digest = hashlib.sha256(repr((*key, model_index)).encode()).digest()
+    return int.from_bytes(digest[:8], "little")
+
+
+def segment_key(stream: int, segment: int) -> tuple[int, int]:
+    """(k0, k1), the 32-bit halves of the key for flat positions [segment·2³², (segment + 1)·2³²): the
+    segment-th output of SplitMix64 seeded with ``stream`` (mixes a position's high 32 bits in)."""
+    z = (stream + (segment + 1) * 0x9E3779B97F4A7C15) & _M64
+    z = ((z ^ (z >> 30)) * 0xBF58476D1CE4E5B9) & _M64
+    z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
+    z ^= z >> 31
+    return z & _M32, z >> 32
+
+
+def _pieces(numel: int, offset: int, block: int, stream: int):
+    """(start, n, first, k1) for consecutive pieces of [offset, offset + numel): at most ``block``
+    entries, never across a 2³² segment; ``first`` is the piece's first counter (low 32 bits + k0)."""
+    done = 0
+    while done < numel:
+        position = offset + done
+        segment, low = position >> 32, position & _M32
+        n = min(block, numel - done, (1 << 32) - low)
+        k0, k1 = segment_key(stream, segment)
+        yield done, n, (low + k0) & _M32, k1
+        done += n
+
+
+@functools.lru_cache(maxsize=1)
+def _counters(block: int) -> np.ndarray:
+    counters = np.arange(block, dtype=_U32)
+    counters.flags.writeable = False
+    return counters
+
+
+def _hashes_numpy(numel: int, stream: int, offset: int):
+    """(start, h): h_j as uint32 numpy arrays, block by block (unsigned arithmetic wraps mod 2³²).
+    ``h`` is a work array, overwritten by the next block."""
+    counters = _counters(HASH_BLOCK)
+    x = np.empty(min(numel, HASH_BLOCK), dtype=_U32)
+    t = np.empty_like(x)
+    for start, n, first, k1 in _pieces(numel, offset, HASH_BLOCK, stream):
+        h, s = x[:n], t[:n]
+        np.add(counters[:n], _U32(first), out=h)  # the counter, wrapping mod 2³²
+        for index, (shift, multiplier) in enumerate(_ROUNDS):
+            h ^= np.right_shift(h, _U32(shift), out=s)
+            h *= _U32(multiplier)
+            if index == 0:
+                h ^= _U32(k1)
+        h ^= np.right_shift(h, _U32(_LAST_SHIFT), out=s)
+        yield start, h
+
+
+def _hashes_torch(numel: int, stream: int, offset: int, device: torch.device):
+    """(start, h): h_j in int64 tensors on ``device``, block by block. Every value stays in [0, 2³²)
+    between steps: products of a 32-bit value and a signed 32-bit multiplier stay under 2⁶³ and are
+    masked back to 32 bits, and >> of a non-negative value is logical — no overflow on any backend.
+    ``h`` is a work array, overwritten by the next block."""
+    block = HASH_BLOCK if device.type == "cpu" else HASH_BLOCK_DEVICE
+    x = torch.empty(min(numel, block), dtype=torch.int64, device=device)
+    t = torch.empty_like(x)
+    for start, n, first, k1 in _pieces(numel, offset, block, stream):
+        h, s = x[:n], t[:n]
+        wrap = min(n, (1 << 32) - first)  # the counter as an arange, split where it wraps
+        torch.arange(first, first + wrap, dtype=torch.int64, out=h[:wrap])
+        if wrap < n:
+            torch.arange(0, n - wrap, dtype=torch.int64, out=h[wrap:])
+        for index, (shift, multiplier) in enumerate(_ROUNDS):
+            h.bitwise_xor_(torch.bitwise_right_shift(h, shift, out=s))
+            h.mul_(_signed32(multiplier)).bitwise_and_(_M32)
+            if index == 0:
+                h.bitwise_xor_(k1)
+        h.bitwise_xor_(torch.bitwise_right_shift(h, _LAST_SHIFT, out=s))
+        yield start, h
+
+
+def _hashes(numel: int, key: tuple, model_index: int, offset: int, device: torch.device):
+    stream = stream_key(key, model_index)
+    if device.type == "cpu" and NUMPY_ON_CPU:
+        return _hashes_numpy(numel, stream, offset)
+    return _hashes_torch(numel, stream, offset, device)
+
+
+def uniforms(
+    numel: int, key: tuple, model_index: int, offset: int = 0, device: torch.device | str | None = None
+) -> torch.Tensor:
+    """U_j ∈ [0, 1) (float32, on ``device``, CPU by default) for flat entries [offset, offset + numel)
+    of model ``model_index``'s task vector; ``key`` = (seed, tensor name). DARE and DELLA draw their
+    masks from them.
+
+    U_j = ⌊h_j / 2⁸⌋·2⁻²⁴, the top 24 bits of a counter-based hash h_j of (key, model, j) alone, so
+    any chunk of a tensor gets the same numbers as the whole tensor, on any device and thread count
+    (byte-identical CPU and CUDA), computed where they are used. h_j is triple32 (C. Wellons'
+    hash-prospector), keyed: (k0, k1) are the halves of a 64-bit key — sha256 of (seed, name, model),
+    through SplitMix64 with j's high 32 bits — and triple32 hashes the counter (j mod 2³²) + k0 with
+    k1 xored in after its first multiply (so the streams of two keys are not shifts of one another).
+    Over one 2³² segment j ↦ h_j is a bijection.
+
+    Why triple32: the least biased avalanche of the xorshift-multiply hashes searched there (0.021,
+    against 0.1–0.17 for the two-multiply lowbias32 and 0.26 for murmur3's fmix32; a keyed two-round
+    variant failed our lag-4096 independence test), and only 32-bit products: on the CPU numpy's
+    uint32 arithmetic (wrapping, defined); on an accelerator int64 tensors hold the products of 32-bit
+    values and signed 32-bit multipliers exactly, masked back to 32 bits. Cost: 13 uint32 or 16 int64
+    ops per entry for h, then 3 for U (1 for a keep-mask).
+    """
+    device = torch.device("cpu" if device is None else device)
+    out = torch.empty(max(numel, 0), dtype=torch.float32, device=device)
     if numel <= 0:
-        return torch.empty(0, dtype=torch.float32)
-    first, last = offset // RANDOM_BLOCK, (offset + numel - 1) // RANDOM_BLOCK
-    pieces = [
-        torch.rand(RANDOM_BLOCK, generator=seeded_generator(*key, model_index, block), dtype=torch.float32)
-        for block in range(first, last + 1)
-    ]
-    uniform = pieces[0] if len(pieces) == 1 else torch.cat(pieces)
-    start = offset - first * RANDOM_BLOCK
-    return uniform[start : start + numel]
+        return out
+    flat = out.numpy() if device.type == "cpu" and NUMPY_ON_CPU else out
+    for start, h in _hashes(numel, key, model_index, offset, device):
+        piece = flat[start : start + len(h)]
+        if isinstance(h, np.ndarray):
+            piece[...] = np.right_shift(h, _U32(8), out=h)
+            piece *= np.float32(2.0**-24)
+        else:
+            piece.copy_(h.bitwise_right_shift_(8)).mul_(2.0**-24)
+    return out
 
 
-def keep_mask(numel: int, density: float, key: tuple, model_index: int, offset: int = 0) -> torch.Tensor:
+def keep_mask(
+    numel: int,
+    density: float,
+    key: tuple,
+    model_index: int,
+    offset: int = 0,
+    device: torch.device | str | None = None,
+) -> torch.Tensor:
     """DARE's keep-mask for flat entries [offset, offset + numel) of model ``model_index``'s task
-    vector: entry j is kept when U_j < density (``uniforms``)."""
-    return uniforms(numel, key, model_index, offset) < density
+    vector, on ``device``: entry j is kept when U_j < density (``uniforms``; compared as torch does,
+    with density rounded to float32), decided on the hash itself without making U_j."""
+    device = torch.device("cpu" if device is None else device)
+    # U_j < f  ⟺  ⌊h_j/2⁸⌋ < f·2²⁴  ⟺  h_j < ⌈f·2²⁴⌉·2⁸  (f = float32(density); f·2²⁴ is exact)
+    bound = 0  # density ≤ 0 or NaN: nothing is below it
+    if density >= 1.0:
+        bound = 1 << 32
+    elif density > 0.0:
+        bound = math.ceil(struct.unpack("f", struct.pack("f", density))[0] * (1 << 24)) << 8
+    if numel <= 0 or bound in (0, 1 << 32):
+        return torch.full((max(numel, 0),), bound > 0, dtype=torch.bool, device=device)
+    out = torch.empty(numel, dtype=torch.bool, device=device)
+    flat = out.numpy() if device.type == "cpu" and NUMPY_ON_CPU else out
+    for start, h in _hashes(numel, key, model_index, offset, device):
+        if isinstance(h, np.ndarray):
+            np.less(h, _U32(bound), out=flat[start : start + len(h)])
+        else:
+            torch.lt(h, bound, out=flat[start : start + len(h)])
+    return out
 
 
 def dare_drop(
@@ -137,13 +251,19 @@ def dare_drop(
 ):
     """DARE: keep each entry with probability ``density`` and scale survivors by 1/density.
 
-    The mask is drawn on the CPU, so the same seed gives the same output on every device.
+    The mask is hashed on ``delta``'s device (``keep_mask``) and the division is correctly rounded
+    there, so the same seed gives the same bytes on every device.
     """
     if density >= 1.0 or delta.numel() == 0:
         return delta
-    keep = keep_mask(delta.numel(), density, key, model_index, offset).reshape(delta.shape).to(delta.device)
+    keep = keep_mask(delta.numel(), density, key, model_index, offset, delta.device).view(delta.shape)
     kept = delta * keep
-    return kept / density if rescale else kept
+    if not rescale:
+        return kept
+    # CUDA divides by a Python number as a multiply by its rounded reciprocal (1 ulp off the CPU's
+    # quotient); by a 0-dim tensor on the device it divides. float32 (or wider), as the CPU computes.
+    wide = kept if kept.dtype in (torch.float32, torch.float64) else kept.float()
+    return (wide / torch.full((), density, dtype=wide.dtype, device=wide.device)).to(kept.dtype)
 
 
 L1_RESCALE_EPS = 1e-7  # mergekit's ``rescaled_masked_tensor``: below this either norm, no rescale
