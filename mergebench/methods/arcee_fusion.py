@@ -7,9 +7,11 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import Piece, merge_method
+from mergebench.methods.registry import Piece, TensorInputs, merge_method
+from mergebench.methods.selection import top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
+BLOCK = 1 << 18  # entries of whole rows scored at a time by the stats step
 
 
 def importance(model: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
@@ -21,12 +23,45 @@ def importance(model: torch.Tensor, base: torch.Tensor) -> torch.Tensor:
     return (model - base).abs() * divergence
 
 
-def fusion_threshold(values: torch.Tensor) -> torch.Tensor:
-    """median + 1.5·(Q3 − Q1), each quantile the sorted value at index ⌊q·(n − 1)⌋ (mergekit's)."""
-    flat = values.reshape(-1)
-    last = flat.numel() - 1
-    q1, median, q3 = (flat.kthvalue(k + 1).values for k in (last // 4, last // 2, 3 * last // 4))
+def row_length(shape: Sequence[int]) -> int:
+    """Entries of one softmax row: the last dimension (a 0-D tensor is one entry)."""
+    return shape[-1] if len(shape) else 1
+
+
+def flat_importance(model: torch.Tensor, base: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
+    """``importance`` of flat slices holding whole rows of a tensor of ``shape``, flat."""
+    last = row_length(shape)
+    return importance(model.reshape(-1, last), base.reshape(-1, last)).reshape(-1)
+
+
+def order_statistic(values: torch.Tensor, k: int) -> float:
+    """The (k + 1)-th smallest of a 1-D tensor: ``kthvalue(k + 1)``, but on large tensors through the
+    sampled bracket of ``top_k_cut`` (the (n − k)-th largest), which is exact and copies no tensor."""
+    n = values.numel()
+    if n <= 1 << 20 or k == 0:
+        return float(values.kthvalue(k + 1).values)
+    return top_k_cut(values, n - k)[0]
+
+
+def fusion_threshold(inputs: TensorInputs) -> float:
+    """median + 1.5·(Q3 − Q1) of the whole tensor's importance, each quantile the sorted value at index
+    ⌊q·(n − 1)⌋ (mergekit's); the importance is computed in blocks of whole rows into one workspace."""
+    n = inputs.numel
+    scores = inputs.workspace()[:n]
+    rows = max(1, BLOCK // row_length(inputs.shape)) * row_length(inputs.shape)
+    for start in range(0, n, rows):
+        stop = min(start + rows, n)
+        scores[start:stop] = flat_importance(
+            inputs.model(0, start, stop), inputs.base(start, stop), inputs.shape
+        )
+    last = n - 1
+    q1, median, q3 = (order_statistic(scores, k) for k in (last // 4, last // 2, 3 * last // 4))
     return median + 1.5 * (q3 - q1)
+
+
+def fusion_stats(inputs: TensorInputs) -> float | None:
+    """The keep threshold τ (None for an empty tensor)."""
+    return fusion_threshold(inputs) if inputs.numel else None
 
 
 @merge_method(
@@ -34,22 +69,24 @@ def fusion_threshold(values: torch.Tensor) -> torch.Tensor:
     params=(),
     base="required",
     model_count=1,
+    elementwise=True,
+    whole_rows=True,
+    stats=fusion_stats,
     summary="θ_base + Δ·[I ≥ median(I) + 1.5·IQR(I)], I = |Δ|·KL(softmax θ_1 ‖ softmax θ_base) per row, Δ = θ_1 − θ_base",
 )
 def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: Piece) -> torch.Tensor:
     """θ = θ_base + Δ·[I ≥ τ], Δ = θ_1 − θ_base, I = |Δ|·KL(softmax(θ_1) ‖ softmax(θ_base)) with the
     softmax and KL taken per row along the last dimension, τ = median(I) + 1.5·(Q3(I) − Q1(I)).
 
-    mergekit's definition. Whole-tensor (not elementwise): the KL needs whole rows and the threshold
-    quantiles the whole tensor's importance. I is a selection score, not a result: it is computed in the
-    compute precision with mergekit's exact operations, so the kept entries are the same as mergekit's
-    (in float64 the score would differ in its last float32 bits and swap entries lying at the
-    threshold). Above 10⁶ entries mergekit takes its quantiles from 10⁶ entries sampled at random
-    (unseeded); we do not reproduce that: our quantiles are exact.
+    mergekit's definition. The KL needs whole rows and τ the whole tensor's importance (the stats step),
+    so the method streams through chunks of whole rows. I is a selection score, not a result: it is
+    computed in the compute precision with mergekit's exact operations, so the kept entries are the
+    same as mergekit's (in float64 the score would differ in its last float32 bits and swap entries
+    lying at the threshold). Above 10⁶ entries mergekit takes its quantiles from 10⁶ entries sampled at
+    random (unseeded); we do not reproduce that: our quantiles are exact.
     """
     (model,) = models
     if model.numel() == 0:
         return base.clone()
-    scores = importance(model, base)
-    keep = scores >= fusion_threshold(scores)
-    return base + (model - base) * keep
+    keep = flat_importance(model, base, piece.shape) >= piece.stats
+    return base + (model - base) * keep.view(model.shape)
