@@ -11,7 +11,19 @@ mark. The machine is shared, so before each run the driver waits (up to --quiet-
 of it to go quiet, and records the CPU time others used during every run. Reported: min and median
 wall time, median ÷ floor, median peak RSS, and the max |difference| of each contender's output from
 the first mergebench contender's on a sample of tensors (all tensors for mergebench@REV, where any
-difference is a regression).
+difference is a regression), with the count of elements more than one bf16 rounding step apart
+(mergekit computes in the config's dtype, bf16 here, so a few steps are its rounding). Methods that
+draw random masks (dare_*, della*) differ from mergekit's by design (another RNG), as does
+arcee_fusion (mergekit takes its threshold from randomly sampled quantiles): labelled so, not a parity
+failure. With mergekit in the run, a last section checks the project's targets per method: faster
+than mergekit, at most 3× the I/O floor, less peak RSS.
+
+Methods (``--methods``, comma-separated names or groups): ``default`` = linear, task_arithmetic, ties,
+dare_ties, slerp; ``new`` = the 13 added since (breadcrumbs, breadcrumbs_ties, della, della_linear, sce,
+model_stock, nuslerp, multislerp, karcher, nearswap, arcee_fusion, ram, ramplus_tl); ``all`` = every
+method of mergekit 0.1.5 (those 18, dare_linear and passthrough). Each has one YAML (merge_config(),
+``dtype: bfloat16``) that both tools run; the table groups the methods by the files they read, under
+the I/O floor of those files.
 
 Contenders: ``mergebench`` (this checkout, copied to a snapshot first so a concurrent edit can't change
 it mid-benchmark), ``mergebench@REV`` (a git worktree of REV), ``mergekit`` 0.1.5 and PEFT, each in a
@@ -36,10 +48,13 @@ tree, since a working tree caught mid-edit may not even import):
         --contenders mergebench@HEAD --rev a13b0bb --quiet-wait 10
     # against mergekit 0.1.5 (its TIES takes ~100 s a run here: ~30 min in all)
     .venv/bin/python tools/bench.py --contenders mergebench@HEAD --mergekit --quiet-wait 10
+    # the 13 newer methods against mergekit: smoke test, then the full run
+    .venv/bin/python tools/bench.py --quick --mergekit --methods new
+    .venv/bin/python tools/bench.py --contenders mergebench@HEAD --mergekit --methods new --quiet-wait 10
 
 Plain ``mergebench`` (the default contender) is this checkout's working tree, snapshotted at start.
 Other knobs: ``--device cuda`` (mergebench --device cuda, mergekit --cuda), ``--threads N``,
-``--mb-args "..."``, ``--methods``, ``--layers``; ``--suite lora --layers 16 --kv-heads 4`` is the
+``--mb-args "..."``, ``--layers``; ``--suite lora --layers 16 --kv-heads 4`` is the
 shape the old tools/bench_lora.py used (GQA).
 
 Each run writes ``bench/results/<suite>-<machine>-<UTC time>.csv`` (every run and a summary row per
@@ -61,7 +76,6 @@ import statistics
 import struct
 import subprocess
 import sys
-import textwrap
 import time
 import zlib
 from collections.abc import Callable
@@ -70,7 +84,22 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+# The merge suite's methods: the original five (the default), then every other method of mergekit 0.1.5.
 METHODS = ["linear", "task_arithmetic", "ties", "dare_ties", "slerp"]
+NEW_METHODS = [
+    "breadcrumbs", "breadcrumbs_ties", "della", "della_linear", "sce", "model_stock", "nuslerp",
+    "multislerp", "karcher", "nearswap", "arcee_fusion", "ram", "ramplus_tl",
+]  # fmt: skip
+ALL_METHODS = [*METHODS, "dare_linear", *NEW_METHODS, "passthrough"]  # all 20 of mergekit 0.1.5
+METHOD_GROUPS = {"default": METHODS, "new": NEW_METHODS, "all": ALL_METHODS}
+# Methods with randomness whose outputs differ from mergekit's by design (a mergebench@REV must still
+# match bit for bit: same seed): what to label mergekit's parity with instead of a failure.
+RANDOM_VS_MERGEKIT = {
+    **dict.fromkeys(
+        ["dare_ties", "dare_linear", "della", "della_linear"], "random masks (mergekit's RNG is not ours)"
+    ),
+    "arcee_fusion": "mergekit samples its threshold's quantiles (unseeded) above 1M entries; ours are exact",
+}
 HIDDEN, INTERMEDIATE, VOCAB, HEADS, RANK = 2048, 5632, 32000, 16, 64
 SHARD_BYTES = 1_000_000_000  # input shards, and the output shard size of both LoRA contenders
 LORA_SHARD = "1GB"
@@ -249,43 +278,68 @@ def build_adapter(models: Path, base: Path, layers: int, kv_heads: int) -> Path:
 
 
 def merge_config(method: str, base: Path, ft1: Path, ft2: Path) -> str:
-    """The mergekit-style YAML of each method (the same text goes to mergebench and mergekit)."""
-    if method == "slerp":
-        body = f"""
-            merge_method: slerp
-            base_model: {base}
-            models:
-              - model: {base}
-              - model: {ft1}
-            parameters:
-              t: 0.5
-        """
-    elif method == "linear":
-        body = f"""
-            merge_method: linear
-            models:
-              - model: {ft1}
-                parameters: {{weight: 0.5}}
-              - model: {ft2}
-                parameters: {{weight: 0.5}}
-        """
-    else:
-        density = {"task_arithmetic": "", "ties": ", density: 0.2", "dare_ties": ", density: 0.5"}[method]
-        body = f"""
-            merge_method: {method}
-            base_model: {base}
-            models:
-              - model: {ft1}
-                parameters: {{weight: 0.6{density}}}
-              - model: {ft2}
-                parameters: {{weight: 0.4{density}}}
-        """
-    return textwrap.dedent(body).strip() + "\ndtype: bfloat16\n"
+    """The mergekit-style YAML of each method (the same text goes to mergebench and mergekit).
+
+    Parameters are what a user would write (mergekit's documented ones; defaults left out), all
+    accepted by mergekit 0.1.5 and mergebench alike; every config computes and writes bfloat16 (mergekit
+    computes in it; mergebench in float32, rounding the result once).
+    """
+    two = {ft1: "weight: 0.6", ft2: "weight: 0.4"}  # per-model parameters of a 2-finetune merge
+    per_model: dict[str, dict[Path, str]] = {
+        "linear": {ft1: "weight: 0.5", ft2: "weight: 0.5"},
+        "task_arithmetic": two,
+        "ties": {m: f"{p}, density: 0.2" for m, p in two.items()},
+        "dare_ties": {m: f"{p}, density: 0.5" for m, p in two.items()},
+        "dare_linear": {m: f"{p}, density: 0.5" for m, p in two.items()},
+        "breadcrumbs": {m: f"{p}, density: 0.5, gamma: 0.01" for m, p in two.items()},
+        "breadcrumbs_ties": {m: f"{p}, density: 0.2, gamma: 0.01" for m, p in two.items()},
+        "della": {m: f"{p}, density: 0.5, epsilon: 0.1" for m, p in two.items()},
+        "della_linear": {m: f"{p}, density: 0.5, epsilon: 0.1" for m, p in two.items()},
+        "nuslerp": {ft1: "weight: 0.5", ft2: "weight: 0.5"},  # task vectors slerped at t = 0.5
+        "multislerp": {ft1: "weight: 0.5", ft2: "weight: 0.5"},
+        # no per-model parameters:
+        "sce": {ft1: "", ft2: ""},
+        "model_stock": {ft1: "", ft2: ""},
+        "ram": {ft1: "", ft2: ""},
+        "ramplus_tl": {ft1: "", ft2: ""},
+        "karcher": {base: "", ft1: "", ft2: ""},  # the mean of three checkpoints (no base_model)
+        "slerp": {base: "", ft1: ""},  # these two list the base too, as mergekit's examples do
+        "nearswap": {base: "", ft1: ""},
+        "arcee_fusion": {ft1: ""},
+        "passthrough": {ft1: ""},  # a plain copy of one model: the pure I/O path
+    }[method]
+    global_parameters = {
+        "slerp": "t: 0.5",
+        "sce": "select_topk: 0.5",
+        "nearswap": "t: 0.001",  # finetune deltas here are ~0.002: some entries swapped, most moved by t
+    }.get(method)
+    lines = [f"merge_method: {method}"]
+    if "base" in method_inputs(method) and method != "karcher":
+        lines.append(f"base_model: {base}")
+    lines.append("models:")
+    for model, parameters in per_model.items():
+        lines.append(f"  - model: {model}")
+        if parameters:
+            lines.append(f"    parameters: {{{parameters}}}")
+    if global_parameters:
+        lines += ["parameters:", f"  {global_parameters}"]
+    lines.append("dtype: bfloat16")
+    if method in ("arcee_fusion", "ramplus_tl"):
+        # mergekit 0.1.5 returns these in float32 (a float32 mask or factor promotes the result) and would
+        # write twice the bytes: out_dtype keeps its output bf16 like ours (no change for mergebench)
+        lines.append("out_dtype: bfloat16")
+    return "\n".join(lines) + "\n"
 
 
 def method_inputs(method: str) -> list[str]:
     """The models a merge method reads: its input set, which decides the floor it shares."""
-    return {"linear": ["ft1", "ft2"], "slerp": ["base", "ft1"]}.get(method, ["base", "ft1", "ft2"])
+    return {
+        "linear": ["ft1", "ft2"],
+        "slerp": ["base", "ft1"],
+        "nearswap": ["base", "ft1"],
+        "arcee_fusion": ["base", "ft1"],
+        "passthrough": ["ft1"],
+    }.get(method, ["base", "ft1", "ft2"])
 
 
 def safetensors_files(directory: Path) -> list[Path]:
@@ -499,6 +553,8 @@ class Task:
     parity: str = ""
     max_diff: float | None = None
     identical: bool = False  # every compared tensor bit-identical to the reference's
+    beyond_one_step: int = 0  # compared elements more than one bf16 rounding step from the reference's
+    random_masks: bool = False  # against mergekit where it draws at random: no parity expected
     output_gb: float = 0.0
 
 
@@ -663,9 +719,19 @@ def sample_names(names: list[str], layers: int) -> list[str]:
     return picked
 
 
-def compare(reference: Path, other: Path, layers: int, full: bool) -> tuple[float, str, bool]:
-    """max |difference| (float32) of ``other``'s tensors from ``reference``'s, a description, and
-    whether every compared tensor is bit-identical (same dtype, same names)."""
+@dataclass
+class Comparison:
+    max_diff: float
+    text: str
+    identical: bool  # every compared tensor bit-identical (same dtype, same names)
+    beyond_one_step: int  # elements more than one bf16 rounding step apart
+
+
+def compare(reference: Path, other: Path, layers: int, full: bool) -> Comparison:
+    """max |difference| (float32) of ``other``'s tensors from ``reference``'s, a description, whether
+    every compared tensor is bit-identical, and how many elements lie more than one bf16 rounding step
+    apart (|x − y| > 2⁻⁷·max(|x|, |y|) + 2⁻²⁰·max|x|: beyond what one rounding of the same value
+    explains)."""
     import torch
     from safetensors import safe_open
 
@@ -673,33 +739,46 @@ def compare(reference: Path, other: Path, layers: int, full: bool) -> tuple[floa
     missing = sorted(set(ref_files) ^ set(other_files))
     names = sorted(ref_files) if full else sample_names(sorted(ref_files), layers)
     names = [n for n in names if n in other_files]
-    worst, worst_name, identical, total, differing, abs_sum = 0.0, "", 0, 0, 0, 0.0
+    worst, worst_name, identical, total, differing, abs_sum, beyond = 0.0, "", 0, 0, 0, 0.0, 0
+    nonfinite = 0
     dtypes = ""
     for name in names:
         with safe_open(str(ref_files[name]), "pt") as a, safe_open(str(other_files[name]), "pt") as b:
             x, y = a.get_tensor(name), b.get_tensor(name)
         if x.shape != y.shape:
-            return float("inf"), f"{name}: shape {tuple(y.shape)} vs {tuple(x.shape)}", False
+            return Comparison(float("inf"), f"{name}: shape {tuple(y.shape)} vs {tuple(x.shape)}", False, 0)
         total += x.numel()
         if x.dtype != y.dtype:
             dtypes = f"; dtype {y.dtype} vs {x.dtype}"
         if x.dtype == y.dtype and torch.equal(x, y):
             identical += 1
             continue
-        diff = (x.float() - y.float()).abs()
+        x, y = x.float(), y.float()
+        diff = (x - y).abs()
+        bad = int(diff.isnan().sum())  # a NaN or inf in either output (inf − inf, too)
+        if bad:
+            nonfinite += bad
+            worst, worst_name = float("nan"), name
+            diff.nan_to_num_(nan=0.0)
         differing += int((diff > 0).sum())
         abs_sum += float(diff.sum(dtype=torch.float64))
-        if diff.max().item() >= worst:
+        step = torch.maximum(x.abs_(), y.abs_()).mul_(2.0**-7).add_(2.0**-20 * float(x.max()))
+        beyond += int((diff > step).sum())
+        if not nonfinite and diff.max().item() >= worst:
             worst, worst_name = diff.max().item(), name
     text = f"{identical}/{len(names)} {'(all)' if full else 'sampled'} tensors identical"
     if worst_name:
         text += (
             f"; {differing:,} of {total:,} elements differ ({differing / total:.2g}), "
-            f"mean |diff| {abs_sum / total:.2g}, "
-            f"worst in {worst_name}"
+            f"{beyond:,} by more than one bf16 step ({beyond / total:.2g}), "
+            f"mean |diff| {abs_sum / total:.2g}, worst in {worst_name}"
         )
+    if nonfinite:
+        text += f"; {nonfinite:,} elements NaN or inf in one output only, or inf − inf"
+    if missing:
+        text += f"; {len(missing)} tensor names in only one of the outputs, e.g. {missing[0]}"
     text += dtypes
-    return worst, text, identical == len(names) and not missing
+    return Comparison(worst, text, identical == len(names) and not missing, beyond)
 
 
 def parity(tasks: list[Task], reference: Task | None, layers: int) -> None:
@@ -715,10 +794,15 @@ def parity(tasks: list[Task], reference: Task | None, layers: int) -> None:
                 task.parity = "no output"
             else:
                 full = task.contender.kind == "mergebench"  # a revision must match bit for bit
-                task.max_diff, task.parity, task.identical = compare(reference.out, task.out, layers, full)
+                result = compare(reference.out, task.out, layers, full)
+                task.max_diff, task.parity, task.identical = result.max_diff, result.text, result.identical
+                task.beyond_one_step = result.beyond_one_step
                 flag = ""
                 if full and not task.identical:
                     flag = "  <<<<<<<<<< NOT IDENTICAL to " + reference.contender.name + " >>>>>>>>>>"
+                elif not full and task.method in RANDOM_VS_MERGEKIT:  # differs by design
+                    task.random_masks = True
+                    task.parity = f"{RANDOM_VS_MERGEKIT[task.method]}: no parity expected; {task.parity}"
                 print(
                     f"  parity {task.method} {task.contender.name} vs {reference.contender.name}: "
                     f"max |diff| {task.max_diff:.3g} ({task.parity}){flag}",
@@ -782,89 +866,146 @@ class Results:
         self.handle.flush()
 
 
-def summarize(tasks: list[Task], floors: dict[str, Task], results: Results, set_methods: dict) -> str:
-    """The summary rows (into the CSV) and the table (returned for printing)."""
+def summarize(
+    tasks: list[Task], floors: dict[str, Task], results: Results, set_methods: dict, layers: int
+) -> str:
+    """The summary rows (into the CSV) and the table (returned for printing): per input set its floor,
+    then the methods that read exactly those files, so each row's median/floor is against the row above
+    its group."""
     header = (
         "| method | contender | runs | min s | median s | max/min | median/floor | median/ref "
         "| peak RSS GB (median) | CPU s (median) | others' CPU s (max) | max abs diff vs mergebench |"
     )
     lines = [header, "|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    shown_floors: set[str] = set()
-    for task in tasks:
-        if task.method == "floor":
-            continue
-        rows = []
-        if task.inputs not in shown_floors:
-            shown_floors.add(task.inputs)
-            rows.append(floors[task.inputs])
-        rows.append(task)
-        for row in rows:
-            floor = floors[row.inputs]
-            name = ",".join(set_methods[row.inputs]) if row.method == "floor" else row.method
-            if not row.walls:
-                lines.append(f"| {name} | {row.contender.name} | 0 | failed: {row.failed[:60]} ||||||||")
-                results.write(
-                    row="summary",
-                    method=name,
-                    contender=row.contender.name,
-                    inputs=row.inputs,
-                    runs=0,
-                    parity=row.failed,
-                )
-                continue
-            median = statistics.median(row.walls)
-            floor_median = statistics.median(floor.walls) if floor.walls else float("nan")
-            diff = "" if row.method == "floor" else ("–" if row.max_diff is None else f"{row.max_diff:.3g}")
-            if row.method != "floor" and row.parity == "reference":
-                diff = "(reference)"
-            elif row.method != "floor" and row.identical:
-                diff += " (identical)"
-            failed = f" [failed after {len(row.walls)} runs]" if row.failed else ""
-            ref = next(
-                (t for t in tasks if t.method == row.method and t.contender.kind == "mergebench"), None
-            )
-            over_ref = ""
-            if row.method != "floor" and ref is not None and ref.walls:
-                over_ref = f"{median / statistics.median(ref.walls):.2f}"
-            lines.append(
-                f"| {name} | {row.contender.name}{failed} | {len(row.walls)} "
-                f"| {min(row.walls):.2f} | {median:.2f} "
-                f"| {max(row.walls) / min(row.walls):.2f} | {median / floor_median:.2f} | {over_ref} "
-                f"| {statistics.median(row.rss):.2f} | {statistics.median(row.cpu):.1f} "
-                f"| {max(row.others_cpu):.1f} | {diff} |"
-            )
+    ordered = [
+        task
+        for key, methods in set_methods.items()
+        for task in [floors[key], *(t for m in methods for t in tasks if t.method == m)]
+    ]
+    for row in ordered:
+        floor = floors[row.inputs]
+        name = f"floor {row.inputs}" if row.method == "floor" else row.method
+        csv_name = ",".join(set_methods[row.inputs]) if row.method == "floor" else row.method
+        if not row.walls:
+            lines.append(f"| {name} | {row.contender.name} | 0 | failed: {row.failed[:60]} ||||||||")
             results.write(
                 row="summary",
-                method=name,
+                method=csv_name,
                 contender=row.contender.name,
-                contender_version=row.contender.version,
-                contender_note=row.contender.note,
                 inputs=row.inputs,
-                output_gb=f"{row.output_gb:.4f}",
-                runs=len(row.walls),
-                min_s=f"{min(row.walls):.3f}",
-                median_s=f"{median:.3f}",
-                max_s=f"{max(row.walls):.3f}",
-                max_over_min=f"{max(row.walls) / min(row.walls):.3f}",
-                median_over_floor=f"{median / floor_median:.3f}",
-                median_over_reference=over_ref,
-                rss_median_gb=f"{statistics.median(row.rss):.3f}",
-                rss_max_gb=f"{max(row.rss):.3f}",
-                cpu_s=f"{statistics.median(row.cpu):.2f}",
-                others_cpu_s=f"{max(row.others_cpu):.2f}",
-                max_abs_diff_vs_mergebench="" if row.max_diff is None else f"{row.max_diff:.6g}",
-                parity=row.parity or row.failed,
+                runs=0,
+                parity=row.failed,
             )
+            continue
+        median = statistics.median(row.walls)
+        floor_median = statistics.median(floor.walls) if floor.walls else float("nan")
+        diff = "" if row.method == "floor" else ("–" if row.max_diff is None else f"{row.max_diff:.3g}")
+        if row.method != "floor" and row.parity == "reference":
+            diff = "(reference)"
+        elif row.method != "floor" and row.identical:
+            diff += " (identical)"
+        elif row.max_diff is not None and row.random_masks:
+            diff += " (random: see below)"
+        elif row.max_diff is not None and row.beyond_one_step:
+            diff += f" ({row.beyond_one_step:,} > 1 bf16 step)"
+        failed = f" [failed after {len(row.walls)} runs]" if row.failed else ""
+        ref = reference_task(tasks, row.method)
+        over_ref = ""
+        if row.method != "floor" and ref is not None and ref.walls:
+            over_ref = f"{median / statistics.median(ref.walls):.2f}"
+        lines.append(
+            f"| {name} | {row.contender.name}{failed} | {len(row.walls)} "
+            f"| {min(row.walls):.2f} | {median:.2f} "
+            f"| {max(row.walls) / min(row.walls):.2f} | {median / floor_median:.2f} | {over_ref} "
+            f"| {statistics.median(row.rss):.2f} | {statistics.median(row.cpu):.1f} "
+            f"| {max(row.others_cpu):.1f} | {diff} |"
+        )
+        results.write(
+            row="summary",
+            method=csv_name,
+            contender=row.contender.name,
+            contender_version=row.contender.version,
+            contender_note=row.contender.note,
+            inputs=row.inputs,
+            output_gb=f"{row.output_gb:.4f}",
+            runs=len(row.walls),
+            min_s=f"{min(row.walls):.3f}",
+            median_s=f"{median:.3f}",
+            max_s=f"{max(row.walls):.3f}",
+            max_over_min=f"{max(row.walls) / min(row.walls):.3f}",
+            median_over_floor=f"{median / floor_median:.3f}",
+            median_over_reference=over_ref,
+            rss_median_gb=f"{statistics.median(row.rss):.3f}",
+            rss_max_gb=f"{max(row.rss):.3f}",
+            cpu_s=f"{statistics.median(row.cpu):.2f}",
+            others_cpu_s=f"{max(row.others_cpu):.2f}",
+            max_abs_diff_vs_mergebench="" if row.max_diff is None else f"{row.max_diff:.6g}",
+            parity=row.parity or row.failed,
+        )
     details = [
         f"  {t.method} {t.contender.name}: {t.parity}"
-        for t in tasks
+        for t in ordered
         if t.method != "floor" and t.parity and t.parity != "reference"
     ]
     legend = (
         "ref = the first mergebench contender (the parity reference too); CPU s = the contender's own "
-        "user+system time; others' CPU s = the most the rest of the machine used during one of its runs"
+        "user+system time; others' CPU s = the most the rest of the machine used during one of its runs; "
+        "'> 1 bf16 step': elements further apart than one bf16 rounding step (mergekit computes in bf16); "
+        "'random': mergekit draws at random here (masks, quantiles), so no parity is expected"
     )
-    return "\n".join([*lines, legend, "", "parity (vs the first mergebench contender):", *details])
+    return "\n".join(
+        [
+            *lines,
+            legend,
+            "",
+            "parity (vs the first mergebench contender):",
+            *details,
+            *targets(tasks, floors, set_methods, layers),
+        ]
+    )
+
+
+def reference_task(tasks: list[Task], method: str) -> Task | None:
+    """The first mergebench contender's task for ``method``: the reference of timing and parity."""
+    return next((t for t in tasks if t.method == method and t.contender.kind == "mergebench"), None)
+
+
+def targets(tasks: list[Task], floors: dict[str, Task], set_methods: dict, layers: int) -> list[str]:
+    """The project's goals against mergekit, per method: the reference's median faster than mergekit's
+    and at most 3x its I/O floor, its median peak RSS below mergekit's."""
+    lines = []
+    for key, methods in set_methods.items():
+        floor = floors[key]
+        for method in methods:
+            ref = reference_task(tasks, method)
+            rival = next((t for t in tasks if t.method == method and t.contender.kind == "mergekit"), None)
+            if ref is None or rival is None:
+                continue
+            if not (ref.walls and rival.walls and floor.walls):
+                lines.append(f"  {method}: no verdict (a contender failed)")
+                continue
+            ours, theirs = statistics.median(ref.walls), statistics.median(rival.walls)
+            over_floor = ours / statistics.median(floor.walls)
+            rss, rival_rss = statistics.median(ref.rss), statistics.median(rival.rss)
+            checks = [
+                (
+                    ours < theirs,
+                    f"{theirs / ours:.2f}x faster than mergekit"
+                    if ours < theirs
+                    else f"{ours / theirs:.2f}x slower than mergekit",
+                ),
+                (over_floor <= 3, f"{over_floor:.2f}x the floor"),
+                (rss < rival_rss, f"RSS {rss:.2f} vs {rival_rss:.2f} GB"),
+            ]
+            verdict = "ok  " if all(ok for ok, _ in checks) else "MISS"
+            text = "; ".join(f"{what}{'' if ok else ' (!)'}" for ok, what in checks)
+            lines.append(f"  {verdict} {method:<16} {text}")
+    if not lines:
+        return []
+    head = "targets (the reference vs mergekit: faster, at most 3x the floor, less peak RSS):"
+    if layers < 14:
+        head += f"\n  ({layers} layers: process start-up (imports, ~2 s) dominates; judge the floor at 14)"
+    return ["", head, *lines]
 
 
 # --------------------------------------------------------------------------------------------------
@@ -886,14 +1027,36 @@ class Plan:
     tasks: list[Task]
 
     def label(self, task: Task) -> str:
+        """The CSV's method column: a floor row names every method that shares it."""
         return ",".join(self.set_methods[task.inputs]) if task.method == "floor" else task.method
+
+    def short_label(self, task: Task) -> str:
+        """The console's (and the table's) name of a task: a floor row names its input set."""
+        return f"floor {task.inputs}" if task.method == "floor" else task.method
+
+
+def out_dir(work: Path) -> Path:
+    """This run's outputs: a directory of its own, so two benchmarks sharing --work (say a smoke test
+    started during a long run) never delete each other's outputs mid-run or before their parity pass."""
+    return work / f"out-{os.getpid()}"
+
+
+def remove_stale_outputs(work: Path) -> None:
+    """Outputs left by runs that died (their process is gone); a live run's are left alone."""
+    for path in work.glob("out-*"):
+        try:
+            os.kill(int(path.name.removeprefix("out-")), 0)
+        except ProcessLookupError:
+            shutil.rmtree(path, ignore_errors=True)
+        except (ValueError, PermissionError):
+            pass
 
 
 def make_plan(args: argparse.Namespace, work: Path, shape: str, models: dict[str, Path], contenders) -> Plan:
     set_files: dict[str, list[Path]] = {}
     set_methods: dict[str, list[str]] = {}
     tasks: list[Task] = []
-    out_root = work / "out"
+    out_root = out_dir(work)
     if args.suite == "merge":
         for method in args.methods:
             key = "+".join(method_inputs(method))
@@ -903,7 +1066,9 @@ def make_plan(args: argparse.Namespace, work: Path, shape: str, models: dict[str
             set_methods.setdefault(key, []).append(method)
             config = work / "configs" / shape / f"{method}.yaml"
             config.parent.mkdir(parents=True, exist_ok=True)
-            config.write_text(merge_config(method, models["base"], models["ft1"], models["ft2"]))
+            tmp = config.with_name(f".{config.name}.{os.getpid()}")  # another run may be reading it
+            tmp.write_text(merge_config(method, models["base"], models["ft1"], models["ft2"]))
+            tmp.replace(config)
             for c in contenders:
                 out = out_root / method / c.name.replace("@", "-at-")
                 tasks.append(Task(method, key, c, contender_command(c, args, [config]), out))
@@ -959,10 +1124,16 @@ def run_round(
     position = 0
     for key in plan.set_files:
         order = [plan.floors[key]]
+        closes = {}  # the last task of each method this round -> that method's tasks, for parity
         for method in plan.set_methods[key]:
-            order += rotated([t for t in plan.tasks if t.method == method], round_index)
+            group = rotated([t for t in plan.tasks if t.method == method], round_index)
+            order += group
+            closes[id(group[-1])] = group
         for task in order:
+            pending = closes.get(id(task)) if last else None  # parity due right after this run
             if task.failed:
+                if pending:
+                    parity(pending, reference_task(plan.tasks, task.method), args.layers)
                 continue
             shutil.rmtree(task.out, ignore_errors=True)
             waited, load = wait_for_quiet(args.quiet_wait, args.quiet_load) if args.quiet_wait else (0.0, 0.0)
@@ -993,7 +1164,8 @@ def run_round(
             if measured.code:
                 task.failed = f"exit {measured.code}"
                 print(
-                    f"  {label} {task.contender.name}: FAILED (exit {measured.code})\n{measured.error}",
+                    f"  {plan.short_label(task)} {task.contender.name}: FAILED (exit {measured.code})\n"
+                    f"{measured.error}",
                     flush=True,
                 )
                 if task.method == "floor":
@@ -1005,7 +1177,8 @@ def run_round(
                 task.cpu.append(measured.cpu)
                 task.output_gb = written / 1e9
                 print(
-                    f"  [{round_index + 1}/{args.runs}] {label:<16} {task.contender.name:<22} "
+                    f"  [{round_index + 1}/{args.runs}] {plan.short_label(task):<18} "
+                    f"{task.contender.name:<22} "
                     f"{measured.wall:8.2f} s  {measured.rss_gb:5.2f} GB  CPU {measured.cpu:6.1f} s  "
                     f"(others' CPU meanwhile {measured.others_cpu:.1f} s"
                     + (f"; waited {waited:.0f} s for quiet, load then {load:.1f})" if waited > 1 else ")"),
@@ -1015,10 +1188,8 @@ def run_round(
                 task.kept = True  # for the parity pass below
             else:
                 shutil.rmtree(task.out, ignore_errors=True)
-        if last:  # parity per method right away: at most one method's outputs on disk at a time
-            for method in plan.set_methods[key]:
-                group = [t for t in plan.tasks if t.method == method]
-                parity(group, next(t for t in group if t.contender.kind == "mergebench"), args.layers)
+            if pending:  # parity per method right away: one method's outputs on disk at a time
+                parity(pending, reference_task(plan.tasks, task.method), args.layers)
 
 
 def benchmark(args: argparse.Namespace) -> None:
@@ -1028,7 +1199,7 @@ def benchmark(args: argparse.Namespace) -> None:
     shape = f"l{args.layers}-kv{args.kv_heads}"
     models = build_models(work / "models" / shape, args.layers, args.kv_heads)
     contenders, versions = make_contenders(names, args, work)
-    shutil.rmtree(work / "out", ignore_errors=True)
+    remove_stale_outputs(work)
     plan = make_plan(args, work, shape, models, contenders)
 
     machine = machine_info()
@@ -1063,9 +1234,9 @@ def benchmark(args: argparse.Namespace) -> None:
     for round_index in range(args.runs):
         run_round(round_index, args, plan, work, report, results)
 
-    table = summarize(plan.tasks, plan.floors, results, plan.set_methods)
+    table = summarize(plan.tasks, plan.floors, results, plan.set_methods, args.layers)
     results.handle.close()
-    shutil.rmtree(work / "out", ignore_errors=True)
+    shutil.rmtree(out_dir(work), ignore_errors=True)
     print()
     print(
         f"{args.suite} suite, {args.layers} layers, {args.runs} runs, {machine['machine']}; "
@@ -1075,7 +1246,10 @@ def benchmark(args: argparse.Namespace) -> None:
     for task in [*plan.floors.values(), *plan.tasks]:
         spread = max(task.walls) / min(task.walls) if task.walls else 1.0
         if spread > 1.3:
-            print(f"noisy: {plan.label(task)} {task.contender.name}: slowest run {spread:.2f}x the fastest")
+            print(
+                f"noisy: {plan.short_label(task)} {task.contender.name}: "
+                f"slowest run {spread:.2f}x the fastest"
+            )
         if task.contender.kind == "mergebench" and task.max_diff is not None and not task.identical:
             print(f"!!! {task.method} {task.contender.name} differs from the reference: {task.parity}")
     live = tree_hash(Path(args.repo).resolve() / "mergebench")
@@ -1106,7 +1280,11 @@ def main() -> None:
     parser.add_argument("--mergekit", action="store_true", help="add mergekit 0.1.5 (merge suite)")
     parser.add_argument("--peft", action="store_true", help="add PEFT merge_and_unload (lora suite)")
     parser.add_argument(
-        "--methods", type=lambda s: s.split(","), default=METHODS, help="merge methods (comma-separated)"
+        "--methods",
+        default="default",
+        help="merge methods, comma-separated; groups: default (the original five: "
+        f"{', '.join(METHODS)}), new (the 13 methods added since: {', '.join(NEW_METHODS)}), "
+        "all (every method of mergekit 0.1.5, dare_linear and passthrough too); e.g. new,ties",
     )
     parser.add_argument(
         "--runs", type=int, help="runs of every contender, alternated (default 5; --quick: 2)"
@@ -1161,9 +1339,14 @@ def main() -> None:
     args = parser.parse_args()
     args.layers = args.layers or (2 if args.quick else 14)
     args.runs = args.runs or (2 if args.quick else 5)
-    unknown = set(args.methods) - set(METHODS)
-    if unknown:
-        parser.error(f"unknown methods: {', '.join(sorted(unknown))}")
+    names = [n.strip() for n in args.methods.split(",") if n.strip()]
+    unknown = set(names) - set(ALL_METHODS) - set(METHOD_GROUPS)
+    if unknown or not names:
+        parser.error(
+            f"unknown methods: {', '.join(sorted(unknown)) or '(none given)'}; known: "
+            f"{', '.join(ALL_METHODS)} and the groups {', '.join(METHOD_GROUPS)}"
+        )
+    args.methods = list(dict.fromkeys(m for n in names for m in METHOD_GROUPS.get(n, [n])))
     if args.suite == "lora" and args.device == "cuda":
         parser.error("the lora suite runs on the CPU only")
     if args.runs < 5 and not args.quick:
