@@ -46,25 +46,37 @@ def karcher(
     if not valid:
         return torch.zeros_like(tensors[0])
     alphas = [1.0 / len(valid)] * len(valid)
-    units = [tensors[i] / norms[i] for i in valid]
-    mean = units[0] * alphas[0]
-    for alpha, unit in zip(alphas[1:], units[1:], strict=True):
-        mean.add_(unit, alpha=alpha)
+    # u_i = θ_i/‖θ_i‖ is recomputed into one scratch tensor where it is used, instead of holding a unit
+    # copy of every input: the iteration holds the inputs plus four tensors (μ, T and two scratch), with
+    # the same operations, so the same numbers, as a version holding every u_i.
+    points = [(tensors[i], norms[i], alpha) for i, alpha in zip(valid, alphas, strict=True)]
+    unit, product = torch.empty_like(tensors[0]), torch.empty_like(tensors[0])
+    mean = torch.zeros_like(tensors[0])
+    for tensor, norm, alpha in points:
+        mean.add_(torch.div(tensor, norm, out=unit), alpha=alpha)
     mean_norm = norm64(mean)
-    mean = units[0].clone() if mean_norm < tol else mean.div_(mean_norm)
+    if mean_norm < tol:
+        torch.div(points[0][0], points[0][1], out=mean)
+    else:
+        mean.div_(mean_norm)
+    tangent = torch.empty_like(mean)
     for _ in range(int(max_iter)):
-        tangent = torch.zeros_like(mean)
-        for alpha, unit in zip(alphas, units, strict=True):
+        tangent.zero_()
+        for tensor, norm, alpha in points:
+            torch.div(tensor, norm, out=unit)
             cos = min(1.0, max(-1.0, dot64(mean, unit)))
             theta = math.acos(cos)
             if theta < tol or theta == 0.0:  # on the mean: no pull (also tol = 0 without 0/0)
                 continue
-            tangent.add_(unit - mean * cos, alpha=alpha * theta / math.sin(theta))
+            unit.sub_(torch.mul(mean, cos, out=product))
+            tangent.add_(unit, alpha=alpha * theta / math.sin(theta))
         tangent_norm = norm64(tangent)
         if tangent_norm < tol or tangent_norm == 0.0:
             break
-        mean = mean * math.cos(tangent_norm) + tangent * (math.sin(tangent_norm) / tangent_norm)
+        mean.mul_(math.cos(tangent_norm)).add_(
+            torch.mul(tangent, math.sin(tangent_norm) / tangent_norm, out=product)
+        )
         unit_norm = norm64(mean)
         if unit_norm > tol:
             mean /= unit_norm
-    return mean * (sum(norms) / count)
+    return mean.mul_(sum(norms) / count)
