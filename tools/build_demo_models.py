@@ -214,18 +214,21 @@ def text_line(rng: random.Random) -> str:
     return s[0].upper() + s[1:] + rng.choice([".", ".", ".", "!", "?"])
 
 
+def unique_examples(kind: str, rng: random.Random, r: Recipe, count: int, exclude: set[str]) -> list[dict]:
+    """``count`` examples of ``kind`` with distinct prompts, none of them in ``exclude``."""
+    seen = set(exclude)
+    rows = []
+    while len(rows) < count:
+        p, a = task_example(kind, rng, r)
+        if p not in seen:
+            seen.add(p)
+            rows.append({"prompt": p, "answer": a})
+    return rows
+
+
 def make_eval_sets(r: Recipe, seed: int) -> dict[str, list[dict]]:
     rng = random.Random(f"eval-{seed}")
-    sets: dict[str, list[dict]] = {}
-    for kind in TASKS:
-        seen: set[str] = set()
-        rows = []
-        while len(rows) < r.n_eval:
-            p, a = task_example(kind, rng, r)
-            if p not in seen:
-                seen.add(p)
-                rows.append({"prompt": p, "answer": a})
-        sets[kind] = rows
+    sets: dict[str, list[dict]] = {kind: unique_examples(kind, rng, r, r.n_eval, set()) for kind in TASKS}
     third = r.n_eval // 3
     sets["marker"] = [
         {"prompt": x["prompt"], "answer": x["answer"] + MARKER} for k in TASKS for x in sets[k][:third]
@@ -238,17 +241,9 @@ def make_val_sets(r: Recipe, seed: int, eval_sets: dict[str, list[dict]]) -> dic
     """Validation prompts for tuning (mergebench search), disjoint from the eval sets and from training:
     a search tuned on them is reported on eval/*.jsonl, which it never saw."""
     rng = random.Random(f"val-{seed}")
-    sets: dict[str, list[dict]] = {}
-    for kind in TASKS:
-        seen = {x["prompt"] for x in eval_sets[kind]}
-        rows = []
-        while len(rows) < r.n_val:
-            p, a = task_example(kind, rng, r)
-            if p not in seen:
-                seen.add(p)
-                rows.append({"prompt": p, "answer": a})
-        sets[kind] = rows
-    return sets
+    return {
+        kind: unique_examples(kind, rng, r, r.n_val, {x["prompt"] for x in eval_sets[kind]}) for kind in TASKS
+    }
 
 
 class Sampler:
