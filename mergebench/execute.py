@@ -21,7 +21,7 @@ from tqdm import tqdm
 
 from mergebench.errors import CheckpointError
 from mergebench.io.writer import ShardedWriter, tensor_crc32
-from mergebench.methods.registry import Piece, TensorInputs
+from mergebench.methods.registry import Piece, TensorInputs, whole_rows_length
 from mergebench.planner import Copy, Merge, Op, RowMerge, op_input_bytes, op_refs
 from mergebench.vocab import RowGather, RowInputs
 
@@ -197,8 +197,7 @@ def chunk_length(shape: Sequence[int], whole_rows: bool) -> int:
     that fit in CHUNK (at least one; a 0-D or 1-D tensor is one row)."""
     if not whole_rows:
         return CHUNK
-    row = math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape)
-    return max(1, CHUNK // max(1, row)) * max(1, row)
+    return whole_rows_length(math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape), CHUNK)
 
 
 def _require_finite(op: Merge, bases: list[torch.Tensor], models: list[torch.Tensor]) -> None:

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import Piece, TensorInputs, merge_method
+from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
 from mergebench.methods.selection import top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
@@ -43,12 +43,15 @@ def order_statistic(values: torch.Tensor, k: int) -> float:
     return top_k_cut(values, n - k)[0]
 
 
-def fusion_threshold(inputs: TensorInputs) -> float:
-    """median + 1.5·(Q3 − Q1) of the whole tensor's importance, each quantile the sorted value at index
-    ⌊q·(n − 1)⌋ (mergekit's); the importance is computed in blocks of whole rows into one workspace."""
+def fusion_stats(inputs: TensorInputs) -> float | None:
+    """The keep threshold τ = median + 1.5·(Q3 − Q1) of the whole tensor's importance (None for an empty
+    tensor), each quantile the sorted value at index ⌊q·(n − 1)⌋ (mergekit's); the importance is
+    computed in blocks of whole rows into one workspace."""
     n = inputs.numel
+    if not n:
+        return None
     scores = inputs.workspace()[:n]
-    rows = max(1, BLOCK // row_length(inputs.shape)) * row_length(inputs.shape)
+    rows = whole_rows_length(row_length(inputs.shape), BLOCK)
     for start in range(0, n, rows):
         stop = min(start + rows, n)
         scores[start:stop] = flat_importance(
@@ -57,11 +60,6 @@ def fusion_threshold(inputs: TensorInputs) -> float:
     last = n - 1
     q1, median, q3 = (order_statistic(scores, k) for k in (last // 4, last // 2, 3 * last // 4))
     return median + 1.5 * (q3 - q1)
-
-
-def fusion_stats(inputs: TensorInputs) -> float | None:
-    """The keep threshold τ (None for an empty tensor)."""
-    return fusion_threshold(inputs) if inputs.numel else None
 
 
 @merge_method(

@@ -41,6 +41,7 @@ from mergebench.methods.registry import (
     TensorInputs,
     merge_method,
     normalize_param,
+    whole_rows_length,
 )
 from mergebench.methods.sparsify import disjoint_merge, l1_rescale, uniforms
 
@@ -122,9 +123,8 @@ def row_blocks(numel: int, shape: Sequence[int]) -> list[tuple[int, int]]:
     """[start, stop) blocks of whole rows covering the first ``numel`` entries (a whole number of rows),
     each about BLOCK entries, so MAGPRUNE's sorts and temporaries stay small."""
     _, m, inner = row_layout(shape)
-    row = m * inner
-    per_block = max(1, BLOCK // max(1, row)) * row
-    return [(start, min(start + per_block, numel)) for start in range(0, numel, per_block)] if row else []
+    per_block = whole_rows_length(m * inner, BLOCK)
+    return [(start, min(start + per_block, numel)) for start in range(0, numel, per_block)]
 
 
 def della_stats(

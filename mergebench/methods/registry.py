@@ -70,6 +70,13 @@ class Param:
 BaseUse = Literal["required", "optional", "unused"]
 
 
+def whole_rows_length(row: int, budget: int) -> int:
+    """Entries in the most whole rows of ``row`` entries that fit in ``budget`` (at least one row): the
+    length of a chunk or block for work that needs whole rows."""
+    row = max(1, row)
+    return max(1, budget // row) * row
+
+
 @dataclass(frozen=True)
 class Piece:
     """Which part of which output tensor a method call computes, and what it knows of the whole tensor."""
