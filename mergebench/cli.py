@@ -27,8 +27,7 @@ class CommandGroup(click.Group):
     """Runs a subcommand and turns user errors into one-line messages and exit codes, never a traceback."""
 
     def invoke(self, ctx: click.Context):
-        # A terminated command unwinds like Ctrl-C, so its temporary output is removed.
-        previous = signal.signal(signal.SIGTERM, _raise_interrupt)
+        previous = _interrupt_once()
         try:
             return super().invoke(ctx)
         except click.UsageError as exc:  # a flag or argument click itself refused: same one-line form
@@ -42,11 +41,27 @@ class CommandGroup(click.Group):
             click.echo("error: interrupted; nothing was written", err=True)
             sys.exit(INTERRUPTED_EXIT_CODE)
         finally:
-            signal.signal(signal.SIGTERM, previous)
+            for signum, handler in previous.items():
+                signal.signal(signum, handler)
 
 
-def _raise_interrupt(signum, frame) -> None:
-    raise KeyboardInterrupt
+def _interrupt_once() -> dict[int, object]:
+    """SIGTERM unwinds like Ctrl-C (so temporary output is removed), and either raises
+    KeyboardInterrupt once: a repeated Ctrl-C while that unwinds is ignored, since it would cut the
+    cleanup short (threads still writing, a partial directory left). Returns the handlers to restore.
+    A SIGINT the parent ignored (a background job, nohup) stays ignored."""
+    raised = False
+
+    def interrupt(signum, frame) -> None:
+        nonlocal raised
+        if not raised:
+            raised = True
+            raise KeyboardInterrupt
+
+    previous = {signal.SIGTERM: signal.signal(signal.SIGTERM, interrupt)}
+    if signal.getsignal(signal.SIGINT) is signal.default_int_handler:
+        previous[signal.SIGINT] = signal.signal(signal.SIGINT, interrupt)
+    return previous
 
 
 def check_device(device: str) -> str:

@@ -166,6 +166,7 @@ class Case:
     several: bool = False
     signal: int | None = None
     pause: float = 3
+    repeats: int = 1  # the signal is sent this many times, 0.1 s apart (Ctrl-C pressed again)
     xfail: str | None = None
     skip: str | None = None
 
@@ -1451,6 +1452,8 @@ CASES: list[Case] = [
          signal=signal.SIGTERM, pause=2),
     Case("SIGINT in a recipe's first stage", "signal", recipe_run, (), 130, "interrupted",
          signal=signal.SIGINT, pause=4),
+    Case("SIGINT twice: Ctrl-C again during the cleanup", "signal", merge_bf16, (), 130, "interrupted",
+         signal=signal.SIGINT, pause=3, repeats=2),
     # -- eval (exit 6) --
     Case("eval: bad JSONL line", "eval", eval_lines(GOOD_LINE, '{"prompt": "a", "answer": "b"'), (), 6,
          "qa.jsonl:2: invalid JSON"),
@@ -1521,12 +1524,16 @@ def run_interrupted(argv: list[str], env: Env, case: Case) -> tuple[int, str, st
     assert case.signal is not None
     process = subprocess.Popen(
         [sys.executable, "-m", "mergebench", *argv],
-        env={**os.environ, "MERGEBENCH_TEST_PAUSE": str(case.pause)},
+        # faulthandler: a hung run is sent SIGABRT below and prints every thread's stack
+        env={**os.environ, "MERGEBENCH_TEST_PAUSE": str(case.pause), "PYTHONFAULTHANDLER": "1"},
         cwd=REPO,
         stdin=subprocess.PIPE,
         stdout=subprocess.PIPE,
         stderr=subprocess.PIPE,
         text=True,
+        # A shell's background job inherits SIGINT ignored, and Python then never turns it into
+        # KeyboardInterrupt: give the child the default disposition, as a terminal's Ctrl-C finds it.
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
     )
     try:
         first = process.stderr.readline()  # type: ignore[union-attr]
@@ -1535,8 +1542,16 @@ def run_interrupted(argv: list[str], env: Env, case: Case) -> tuple[int, str, st
         assert any(".partial-" in name for name in beside), beside  # the temporary output exists
         assert any(name.endswith(".lock") for name in beside), beside
         process.send_signal(case.signal)
+        for _ in range(case.repeats - 1):
+            time.sleep(0.1)
+            process.send_signal(case.signal)
         time.sleep(0.3)  # let the main thread take the signal before the writer is let go
-        stdout, stderr = process.communicate("\n", timeout=120)
+        try:
+            stdout, stderr = process.communicate("\n", timeout=120)
+        except subprocess.TimeoutExpired:
+            process.send_signal(signal.SIGABRT)
+            stdout, stderr = process.communicate(timeout=30)
+            raise AssertionError(f"no exit within 120 s of {case.signal!r}; stacks:\n{stderr}") from None
     finally:
         if process.poll() is None:
             process.kill()
@@ -1578,6 +1593,32 @@ def test_catalogue(case: Case, env: Env) -> None:
     assert snapshot(env.out.parent) == before_out, f"something was left in or beside OUT\n{shown}"
     after_all = {str(p): snapshot(p) for p in (env.tmp, *shared_roots)}
     assert after_all == before_all, f"an input (or anything else) changed\n{shown}"
+
+
+def test_a_signal_interrupts_once_and_a_repeat_cannot_cut_the_cleanup_short() -> None:
+    """The CLI's handlers: SIGINT and SIGTERM raise KeyboardInterrupt the first time only; the old
+    handlers come back afterwards; a SIGINT the parent ignored stays ignored."""
+    from mergebench.cli import _interrupt_once
+
+    for signum in (signal.SIGINT, signal.SIGTERM):
+        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+        previous = _interrupt_once()
+        try:
+            with pytest.raises(KeyboardInterrupt):
+                signal.raise_signal(signum)
+            signal.raise_signal(signal.SIGINT)  # pressed again while unwinding: absorbed
+            signal.raise_signal(signal.SIGTERM)
+        finally:
+            for number, handler in previous.items():
+                signal.signal(number, handler)
+        assert {s: signal.getsignal(s) for s in before} == before
+    ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        previous = _interrupt_once()
+        assert signal.getsignal(signal.SIGINT) is signal.SIG_IGN and signal.SIGINT not in previous
+        signal.signal(signal.SIGTERM, previous[signal.SIGTERM])
+    finally:
+        signal.signal(signal.SIGINT, ignored)
 
 
 def test_the_catalogue_is_large_and_spread() -> None:
