@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mergebench.analyze_cli import analyze_command
+from mergebench.cli_device import check_device, device_option, report_gpu_memory
 from mergebench.errors import ConfigError, MergebenchError
 from mergebench.eval_cli import eval_command, evaluate_and_print
 from mergebench.lora.cli import lora_group
@@ -64,15 +65,6 @@ def _interrupt_once() -> dict[int, object]:
     return previous
 
 
-def check_device(device: str) -> str:
-    if device == "cuda":
-        import torch
-
-        if not torch.cuda.is_available():
-            raise ConfigError("--device cuda: no CUDA device is available (use --device cpu)")
-    return device
-
-
 @click.group(cls=CommandGroup, context_settings={"help_option_names": ["-h", "--help"]})
 @click.version_option(__version__, prog_name="mergebench")
 def main() -> None:
@@ -91,13 +83,7 @@ main.add_command(search_command)
 @click.option(
     "--max-shard-size", default="5GB", show_default=True, help="Largest output shard (e.g. 5GB, 500MB)."
 )
-@click.option(
-    "--device",
-    type=click.Choice(["cpu", "cuda"]),
-    default="cpu",
-    show_default=True,
-    help="Where the arithmetic runs.",
-)
+@device_option()
 @click.option("--seed", type=int, default=None, help="Seed for random methods (overrides the config's seed).")
 @click.option(
     "--threads",
@@ -206,10 +192,7 @@ def merge(
                     f"warning: {spec} is not evaluated: fold it with `mergebench lora merge` first", err=True
                 )
     click.echo(f"merged model written to {result}")
-    if device == "cuda":
-        import torch
-
-        click.echo(f"peak GPU memory: {torch.cuda.max_memory_allocated() / 1e9:.2f} GB", err=True)
+    report_gpu_memory(device)
     if eval_files:
         evaluate_and_print([*models, str(result)], [str(f) for f in eval_files], eval_device)
 

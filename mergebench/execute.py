@@ -20,6 +20,7 @@ import torch
 from tqdm import tqdm
 
 from mergebench.errors import CheckpointError
+from mergebench.inputs import LoraFold
 from mergebench.io.writer import ShardedWriter, tensor_crc32
 from mergebench.methods.registry import Piece, TensorInputs, whole_rows_length
 from mergebench.planner import Copy, Merge, Op, RowMerge, op_input_bytes, op_refs
@@ -56,10 +57,13 @@ def run_op(
     values = []
     for item in op.inputs:
         count = len(item.refs)
-        values.append(item.build(tensors[:count]))
+        parts = tensors[:count]
+        if isinstance(item, LoraFold):  # W + Σ B·A is computed where the arithmetic runs (a GPU's matmuls)
+            parts = [part.to(device, non_blocking=True) for part in parts]
+        values.append(item.build(parts))
         tensors = tensors[count:]
     if isinstance(op, Copy):
-        return values[0].to(op.output.dtype)
+        return to_host(values[0].to(op.output.dtype), op, buffers)
     method = op.method
     arith = arithmetic_dtype(op.compute_dtype)
 
@@ -109,15 +113,7 @@ def run_op(
         buffers.give(buffer)
     piece = Piece(op.output.name, op.seed, 0, stats, op.output.shape)
     if not chunked:
-        result = method.apply(models, base, op.params, piece).to(dtype=op.output.dtype)
-        if result.device.type == "cpu":
-            return result
-        # Back into a (pinned) pool buffer; waiting for the stream also covers this op's input copies,
-        # so the input buffers can be recycled once run_op returns.
-        out = buffers.take(op.output.nbytes).view(op.output.dtype).reshape(op.output.shape)
-        out.copy_(result, non_blocking=True)
-        torch.cuda.current_stream(result.device).synchronize()
-        return out
+        return to_host(method.apply(models, base, op.params, piece).to(dtype=op.output.dtype), op, buffers)
     flats = [t.reshape(-1) for t in ([base] if base is not None else []) + models]
     nbytes = op.output.nbytes
     flat_out = buffers.take(nbytes).view(op.output.dtype) if nbytes else torch.empty(0, dtype=op.output.dtype)
@@ -262,6 +258,17 @@ class BufferPool:
                 old_ptr, old = self._idle.popitem(last=False)
                 self._issued.discard(old_ptr)
                 self._idle_bytes -= old.numel()
+
+
+def to_host(result: torch.Tensor, op: Op, buffers: BufferPool) -> torch.Tensor:
+    """An op's result on the CPU, for the writer. From a GPU: into a (pinned) pool buffer; waiting for
+    the stream also covers this op's input copies, so the input buffers can be recycled on return."""
+    if result.device.type == "cpu":
+        return result
+    out = buffers.take(op.output.nbytes).view(op.output.dtype).reshape(op.output.shape)
+    out.copy_(result, non_blocking=True)
+    torch.cuda.current_stream(result.device).synchronize()
+    return out
 
 
 def read_inputs(op: Op, pool: BufferPool) -> list[torch.Tensor]:

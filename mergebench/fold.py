@@ -223,7 +223,7 @@ def _add_low_rank(base: torch.Tensor, contributions, tensors) -> torch.Tensor:
         return base
     rows, cols = base.shape
     step = max(1, BLOCK_ELEMENTS // max(cols, 1))
-    scratch = torch.empty((min(step, rows), cols), dtype=torch.float32)
+    scratch = torch.empty((min(step, rows), cols), dtype=torch.float32, device=base.device)
     for start in range(0, rows, step):
         stop = min(start + step, rows)
         chunk = scratch[: stop - start]

@@ -1215,6 +1215,10 @@ CASES: list[Case] = [
     Case("--seed is not a number", "config", edited(), ("--seed", "abc"), 2, "--seed"),
     Case("--device cuda without CUDA", "config", edited(), ("--device", "cuda"), 2, "--device cuda",
          skip="this machine has CUDA" if HAS_CUDA else None),
+    Case("lora merge --device cuda without CUDA", "config", lora_merge("--device", "cuda"), (), 2,
+         "--device cuda", skip="this machine has CUDA" if HAS_CUDA else None),
+    Case("lora extract --device cuda without CUDA", "config", lora_extract(base_of, ft1, "--device", "cuda"),
+         (), 2, "--device cuda", skip="this machine has CUDA" if HAS_CUDA else None),
     # -- config: multi-stage recipes --
     Case("recipe: unnamed stage before the last", "config", recipe(RECIPE.replace("name: avg\n", "")), (), 2,
          "document 1: every stage but the last needs a 'name'"),

@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from mergebench.cli_device import check_device, device_option, report_gpu_memory
 from mergebench.dtypes import STORAGE_CHOICES as DTYPES
 from mergebench.dtypes import torch_dtype
 
@@ -31,7 +32,10 @@ def lora_group() -> None:
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights (runs code from the file!).")
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
-def merge_command(base, adapters, out, weights, max_shard_size, dtype, overwrite, allow_pickle, no_progress):
+@device_option("Where the low-rank products are computed and added.")
+def merge_command(
+    base, adapters, out, weights, max_shard_size, dtype, overwrite, allow_pickle, no_progress, device
+):
     """Write BASE with every ADAPTER folded in: W' = W + Σ w_i s_i B_i A_i, streamed tensor by tensor."""
     from mergebench.lora.merge import parse_weights, run_lora_merge
 
@@ -45,8 +49,10 @@ def merge_command(base, adapters, out, weights, max_shard_size, dtype, overwrite
         overwrite=overwrite,
         allow_pickle=allow_pickle,
         progress=not no_progress,
+        device=check_device(device),
     )
     click.echo(f"merged model written to {result}")
+    report_gpu_memory(device)
 
 
 @lora_group.command("concat")
@@ -93,7 +99,8 @@ def concat_command(adapters, out, weights, rank, dtype, overwrite, allow_pickle)
 )
 @click.option("--overwrite", is_flag=True, help="Replace an existing non-empty output directory.")
 @click.option("--allow-pickle", is_flag=True, help="Allow pickled .bin weights.")
-def extract_command(base, finetuned, rank, out, dtype, overwrite, allow_pickle):
+@device_option("Where the differences are factorized (SVD).")
+def extract_command(base, finetuned, rank, out, dtype, overwrite, allow_pickle, device):
     """Write a PEFT adapter approximating FINETUNED − BASE by truncated SVD per weight matrix."""
     from mergebench.lora.extract import run_lora_extract
 
@@ -106,9 +113,11 @@ def extract_command(base, finetuned, rank, out, dtype, overwrite, allow_pickle):
         overwrite=overwrite,
         allow_pickle=allow_pickle,
         log=click.echo,
+        device=check_device(device),
     )
     for warning in report.warnings:
         click.echo(f"warning: {warning}", err=True)
     click.echo(
         f"adapter with {len(report.modules)} LoRA modules and {len(report.saved)} saved modules written to {out}"
     )
+    report_gpu_memory(device)

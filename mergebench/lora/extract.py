@@ -133,7 +133,10 @@ def run_lora_extract(
     overwrite: bool = False,
     allow_pickle: bool = False,
     log: Callable[[str], None] = lambda line: None,
+    device: str = "cpu",
 ) -> ExtractReport:
+    """Factorize each changed weight matrix's difference by SVD on ``device``; tensors are read one
+    module at a time, and the factors come back to the CPU in ``dtype``."""
     if rank < 1:
         raise AdapterError(f"--rank must be at least 1, got {rank}")
     out = Path(out)
@@ -184,7 +187,7 @@ def run_lora_extract(
                         f"tensor {weight!r} of {model.spec} holds NaN or Inf values; "
                         "a LoRA factorization (SVD) needs finite weights"
                     )
-            delta = new.to(torch.float32) - old.to(torch.float32)
+            delta = new.to(device, torch.float32) - old.to(device, torch.float32)
             canonical = delta if kind == "linear" else delta.T  # out × in (embedding: hidden × vocab)
             b, a = svd_factors(canonical, rank)
             norm = float(torch.linalg.norm(canonical))
@@ -198,8 +201,8 @@ def run_lora_extract(
                 if kind == "embedding"
                 else ("lora_A.weight", "lora_B.weight")
             )
-            tensors[f"{KEY_PREFIX}{path}.{names_ab[0]}"] = a.to(dtype)
-            tensors[f"{KEY_PREFIX}{path}.{names_ab[1]}"] = b.to(dtype)
+            tensors[f"{KEY_PREFIX}{path}.{names_ab[0]}"] = a.to("cpu", dtype)
+            tensors[f"{KEY_PREFIX}{path}.{names_ab[1]}"] = b.to("cpu", dtype)
             log(f"  {path}: rank {a.shape[0]}, relative error {error:.3e}")
         else:
             if kind in ("linear", "conv1d", "embedding"):

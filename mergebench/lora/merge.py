@@ -49,8 +49,10 @@ def run_lora_merge(
     allow_pickle: bool = False,
     progress: bool = True,
     readahead: int = 2,
+    device: str = "cpu",
 ) -> Path:
-    """Write ``base`` with every adapter folded in (W' = W + Σ w_i ΔW_i) to ``out``, atomically."""
+    """Write ``base`` with every adapter folded in (W' = W + Σ w_i ΔW_i) to ``out``, atomically; the
+    products B·A are computed on ``device``."""
     weights = list(weights) if weights is not None else [1.0] * len(adapter_specs)
     local = [Path(spec) for spec in (base_spec, *adapter_specs) if Path(spec).exists()]
     target = OutputTarget(out, overwrite=overwrite, max_shard_size=max_shard_size, inputs=local)
@@ -69,7 +71,7 @@ def run_lora_merge(
         _card_config(base_spec, adapter_specs, weights, dtype),
         _card_details(source.adapters, weights, len(source.folds)),
     )
-    return publish_model(target, plan, card, Execution(progress=progress, readahead=readahead))
+    return publish_model(target, plan, card, Execution(device=device, progress=progress, readahead=readahead))
 
 
 def _card_config(base_spec, adapter_specs, weights, dtype) -> str:
