@@ -638,6 +638,7 @@ def _override(
 # Execution: aligned inputs, row block by row block
 
 PAD_BLOCK = 4096  # rows per step when a whole aligned tensor or a padding mean is built
+SAMPLE_BLOCK = 1 << 18  # entries gathered at a time for a strided sample of aligned rows
 
 
 class RowGather:
@@ -769,12 +770,21 @@ class RowInputs(TensorInputs):
         self._split = 1 if has_base else 0
         self.device = torch.device("cpu")  # gathered on the CPU (the chunked path)
 
-    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
-        return self._gather.flat(self._split + index, start, stop)
+    def model(self, index: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
+        return self._strided(self._split + index, start, stop, step)
 
-    def base(self, start: int, stop: int) -> torch.Tensor:
+    def base(self, start: int, stop: int, step: int = 1) -> torch.Tensor:
         assert self._split, "this method has no base input"
-        return self._gather.flat(0, start, stop)
+        return self._strided(0, start, stop, step)
+
+    def _strided(self, k: int, start: int, stop: int, step: int) -> torch.Tensor:
+        """Every step-th entry of [start, stop), gathered about SAMPLE_BLOCK entries at a time
+        (so a sparse sample never builds the whole aligned tensor)."""
+        if step == 1:
+            return self._gather.flat(k, start, stop)
+        block = max(step, SAMPLE_BLOCK // step * step)  # a multiple of step: each block starts on a sample
+        parts = [self._gather.flat(k, a, min(a + block, stop))[::step] for a in range(start, stop, block)]
+        return torch.cat(parts) if parts else torch.empty(0)
 
 
 # ---------------------------------------------------------------------------------------------------

@@ -127,7 +127,9 @@ def test_streamed_top_k_cut_equals_the_materialised_cut_for_any_slicing():
                     materialised.append(True)
                     return data.clone()
 
-                got = streamed_top_k_cut(lambda a, b, data=data: data[a:b].clone(), n, k, materialize, step)
+                got = streamed_top_k_cut(
+                    lambda a, b, s, data=data: data[a:b:s].clone(), n, k, materialize, step
+                )
                 assert got == top_k_cut(data, k), (k, step)
                 if k == n // 5:  # (extreme k may fall outside the sampled bracket: the fallback)
                     assert bool(materialised) != bracket_holds

@@ -14,6 +14,7 @@ import numpy as np
 import pytest
 import torch
 
+from mergebench import vocab as vocab_module
 from mergebench.vocab import CHAT_TEMPLATES
 from tests.conftest import assert_clean_failure, run_cli, write_config
 from tests.mergekit_ref import MERGEKIT_YAML, load_tensors, mismatches, run_mergekit
@@ -337,7 +338,7 @@ def aligned_inputs(models: list[Path], out_vocab: dict[str, int], name: str) -> 
     return out
 
 
-def test_ties_on_aligned_rows_every_path(bpe):
+def test_ties_on_aligned_rows_every_path(bpe, monkeypatch):
     """TIES trims by whole-tensor magnitude: its thresholds must be those of the aligned tensors (as in
     mergekit), whether rows are streamed in blocks (CPU) or the aligned tensors are built whole (GPU path)."""
     import mergebench
@@ -372,6 +373,14 @@ def test_ties_on_aligned_rows_every_path(bpe):
         ).to(op.output.dtype)
         torch.testing.assert_close(streamed, reference, rtol=1e-6, atol=1e-7)
         torch.testing.assert_close(whole, reference, rtol=1e-6, atol=1e-7)
+        # the strided samples TIES' thresholds take of large tensors, gathered in small blocks here
+        monkeypatch.setattr(vocab_module, "SAMPLE_BLOCK", 64)
+        gather = vocab_module.RowGather(op.rows, tensors, lambda t: t.to(torch.float32), None)
+        inputs = vocab_module.RowInputs(gather, op.output.shape, True, 2, lambda: torch.empty(0))
+        n = inputs.numel
+        for start, step in ((0, 1), (0, 7), (5, 64), (3, 1000)):
+            assert torch.equal(inputs.model(1, start, n, step), gather.flat(2, start, n)[::step])
+            assert torch.equal(inputs.base(start, n, step), gather.flat(0, start, n)[::step])
 
 
 # ---- other tokenizer models, tied embeddings -------------------------------------------------------------

@@ -120,12 +120,13 @@ class TensorInputs:
         self._convert = convert
         self.workspace = workspace or (lambda: torch.empty_like(reference))
 
-    def model(self, index: int, start: int, stop: int) -> torch.Tensor:
-        return self._convert(self._models[index][start:stop])
+    def model(self, index: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
+        """Flat positions start, start + step, … below stop of model ``index``, converted."""
+        return self._convert(self._models[index][start:stop:step])
 
-    def base(self, start: int, stop: int) -> torch.Tensor:
+    def base(self, start: int, stop: int, step: int = 1) -> torch.Tensor:
         assert self._base is not None, "this method has no base input"
-        return self._convert(self._base[start:stop])
+        return self._convert(self._base[start:stop:step])
 
 
 @dataclass(frozen=True)

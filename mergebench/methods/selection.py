@@ -3,8 +3,9 @@
 TIES keeps the k largest |τ| of a whole tensor. Materialising |τ| costs a tensor-sized float32
 buffer and five passes over it in memory (count above, two bracket compares, their AND, nonzero):
 on many cores memory traffic, not arithmetic, bounds it. Here the values are recomputed per
-cache-sized slice from the inputs instead, in two passes (a strided sample, then a count and the few
-entries near the cut), and only when the sample's bracket misses is the whole tensor materialised.
+cache-sized slice from the inputs instead: a strided sample (only the sampled entries are computed),
+then one pass that counts and keeps the few entries near the cut; only when the sample's bracket
+misses is the whole tensor materialised.
 The answer never depends on the sample: the bracket is verified by counting.
 """
 
@@ -18,7 +19,8 @@ SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
 BRACKET = 0.01  # quantile half-width of the bracket
 
 
-Values = Callable[[int, int], torch.Tensor]  # (start, stop) → 1-D float values of that flat range
+# (start, stop, step) → 1-D float values at flat positions start, start + step, … below stop
+Values = Callable[[int, int, int], torch.Tensor]
 
 
 def streamed_top_k_cut(
@@ -27,7 +29,8 @@ def streamed_top_k_cut(
     """(threshold, cutoff) keeping exactly the k largest of n values: |x| > threshold, plus entries
     equal to the threshold up to flat index ``cutoff`` (ties broken toward lower index).
 
-    ``values(start, stop)`` gives the flat range [start, stop) (any slice, recomputed on demand);
+    ``values(start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
+    ``values(0, n, stride)``, the count walks slices ``values(a, b, 1)``);
     ``step`` is the slice length to walk with; ``materialize()`` returns all n values as one tensor,
     used only when the sampled bracket misses.
     """
@@ -38,7 +41,7 @@ def streamed_top_k_cut(
     slices = [(start, min(start + step, n)) for start in range(0, n, step)]
     if n > 1 << 20:
         stride = n // SAMPLE
-        sample = torch.cat([values(a, b)[(-a) % stride :: stride] for a, b in slices]).float()
+        sample = values(0, n, stride).float()
         q = 1.0 - k / n
         bounds = torch.quantile(
             sample, torch.tensor([max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)], device=sample.device)
@@ -46,7 +49,7 @@ def streamed_top_k_cut(
         lo, hi = bounds[0].item(), bounds[1].item()
         above, positions, inside = 0, [], []
         for a, b in slices:
-            chunk = values(a, b)
+            chunk = values(a, b, 1)
             above += int(torch.count_nonzero(chunk > hi))
             where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
             inside.append(chunk[where])
@@ -61,7 +64,7 @@ def streamed_top_k_cut(
 def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
     """``streamed_top_k_cut`` over a materialised 1-D tensor."""
     n = magnitude.numel()
-    return streamed_top_k_cut(lambda a, b: magnitude[a:b], n, k, lambda: magnitude, max(1, n))
+    return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, max(1, n))
 
 
 def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:

@@ -33,15 +33,15 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
     step = STATS_CHUNK if inputs.device.type == "cpu" else max(1, n)  # a GPU wants whole tensors
 
     def magnitude(index: int) -> Values:
-        return lambda start, stop: torch.sub(
-            inputs.model(index, start, stop), inputs.base(start, stop)
+        return lambda start, stop, step: torch.sub(
+            inputs.model(index, start, stop, step), inputs.base(start, stop, step)
         ).abs_()
 
     def materialize(index: int) -> torch.Tensor:
         whole = inputs.workspace()
         for start in range(0, n, STATS_CHUNK):
             stop = min(start + STATS_CHUNK, n)
-            whole[start:stop] = magnitude(index)(start, stop)
+            whole[start:stop] = magnitude(index)(start, stop, 1)
         return whole
 
     return [
