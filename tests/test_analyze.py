@@ -10,7 +10,6 @@ The numpy reference reads the files with safetensors and shares no code with mer
 from __future__ import annotations
 
 import ast
-import io
 import json
 import math
 from dataclasses import dataclass
@@ -22,11 +21,10 @@ import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
+from tests.browser import assert_renders, chromium_driver
 from tests.conftest import assert_clean_failure, run_cli
 
 ROOT = Path(__file__).resolve().parents[1]
-CHROMIUM = Path("/usr/bin/chromium")
-CHROMEDRIVER = Path("/usr/bin/chromedriver")
 DENSITIES = (0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9)
 LAYERS = 2
 CONFIG = {"model_type": "llama", "architectures": ["LlamaForCausalLM"], "num_hidden_layers": LAYERS}
@@ -409,59 +407,10 @@ def test_command_module_imports_no_torch_or_matplotlib():
 # the report in a real browser
 
 
-def chromium_driver(profile: Path):
-    """Headless Debian chromium through selenium; fails (never skips) when the browser is missing."""
-    missing = [str(path) for path in (CHROMIUM, CHROMEDRIVER) if not path.exists()]
-    if missing:
-        pytest.fail(f"{' and '.join(missing)} not found: run tools/setup_browser.sh (installs chromium)")
-    try:
-        from selenium import webdriver
-        from selenium.webdriver.chrome.service import Service
-    except ImportError:
-        pytest.fail("selenium is not installed: pip install selenium (a dev dependency)")
-    options = webdriver.ChromeOptions()
-    options.binary_location = str(CHROMIUM)
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--no-first-run",
-        "--disable-background-networking",
-        "--disable-component-update",
-        "--disable-sync",
-        "--window-size=1280,2400",
-        f"--user-data-dir={profile}",  # fresh per test: no state from earlier runs
-    ):
-        options.add_argument(flag)
-    options.set_capability("goog:loggingPrefs", {"browser": "ALL"})
-    # an explicit driver path: selenium-manager would otherwise try to download one
-    driver = webdriver.Chrome(options=options, service=Service(executable_path=str(CHROMEDRIVER)))
-    driver.set_page_load_timeout(30)
-    return driver
-
-
 def test_report_renders_in_headless_chromium(reports, tmp_path):
-    from PIL import Image
-
     driver = chromium_driver(tmp_path / "chromium-profile")
     try:
         for name, expected_images in (("three", 4), ("two", 3)):
-            page = reports[name] / "report.html"
-            driver.get(page.resolve().as_uri())
-            assert driver.execute_script("return document.readyState") == "complete"
-            assert "mergebench analyze" in driver.title
-            images = driver.execute_script(
-                "return Array.from(document.images).map(i => [i.alt, i.complete, i.naturalWidth])"
-            )
-            assert len(images) == expected_images, images
-            assert all(complete and width > 0 for _, complete, width in images), images
-            shot = Image.open(io.BytesIO(driver.get_screenshot_as_png())).convert("RGB")
-            colours = shot.getcolors(maxcolors=1 << 20) or []
-            assert len(colours) > 100, f"{name}: screenshot has {len(colours)} colours"
-            white = sum(count for count, rgb in colours if rgb == (255, 255, 255))
-            assert white < 0.97 * shot.width * shot.height, f"{name}: screenshot is blank"
-            severe = [entry for entry in driver.get_log("browser") if entry["level"] == "SEVERE"]
-            assert not severe, severe
+            assert_renders(driver, reports[name] / "report.html", "mergebench analyze", expected_images)
     finally:
         driver.quit()

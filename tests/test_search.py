@@ -14,6 +14,7 @@ import pytest
 
 from mergebench.errors import CheckpointError, ConfigError, EvalError, OutputError
 from mergebench.search import Objective, best_score, parse_objectives
+from tests.browser import assert_renders, chromium_driver
 from tests.conftest import assert_clean_failure, run_cli
 from tests.conftest_demo import make_tiny_model_dir
 
@@ -160,8 +161,13 @@ dtype: float32
     pareto = sorted((out / "pareto").glob("trial-*.yaml"))
     assert pareto and f"trial-{rows[0]['trial']}.yaml" in [p.name for p in pareto]
     report = (out / "report.html").read_text()
-    assert report.count("src='data:image/png;base64,") >= 3  # history, Pareto front, importances
+    assert report.count("src='data:image/png;base64,") == 3  # history, Pareto front, importances
     assert "<script" not in report.lower() and "Pareto front" in report
+    driver = chromium_driver(tmp_path / "chromium-profile")
+    try:
+        assert_renders(driver, out / "report.html", "mergebench search", 3)
+    finally:
+        driver.quit()
 
     # a second run into the same OUT needs --resume; with it, the study grows to 6 trials
     again = run_cli(*args, "--trials", "6")
