@@ -29,9 +29,12 @@ def row_length(shape: Sequence[int]) -> int:
 
 
 def flat_importance(model: torch.Tensor, base: torch.Tensor, shape: Sequence[int]) -> torch.Tensor:
-    """``importance`` of flat slices holding whole rows of a tensor of ``shape``, flat."""
+    """``importance`` of flat slices holding whole rows of a tensor of ``shape``, flat, on the inputs'
+    device but always computed on the CPU: CUDA's softmax, log and row sums round differently, and an
+    entry whose score lies at the threshold would then be kept on one device and dropped on the other."""
     last = row_length(shape)
-    return importance(model.reshape(-1, last), base.reshape(-1, last)).reshape(-1)
+    scores = importance(model.reshape(-1, last).cpu(), base.reshape(-1, last).cpu())
+    return scores.reshape(-1).to(model.device)
 
 
 def order_statistic(values: torch.Tensor, k: int) -> float:
