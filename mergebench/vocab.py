@@ -53,7 +53,7 @@ from mergebench.architecture import vocab_tensor_names
 from mergebench.errors import ConfigError, PlanError
 from mergebench.io.checkpoint import check_within_model
 from mergebench.io.model_files import TOKENIZER_MARKERS, has_tokenizer, tokenizer_files
-from mergebench.methods.registry import TensorInputs
+from mergebench.methods.registry import TensorInputs, whole_rows_length
 
 if TYPE_CHECKING:
     from mergebench.config import MergeConfig, TokenEmbedding
@@ -782,7 +782,7 @@ class RowInputs(TensorInputs):
         (so a sparse sample never builds the whole aligned tensor)."""
         if step == 1:
             return self._gather.flat(k, start, stop)
-        block = max(step, SAMPLE_BLOCK // step * step)  # a multiple of step: each block starts on a sample
+        block = whole_rows_length(step, SAMPLE_BLOCK)  # a multiple of step: each block starts on a sample
         parts = [self._gather.flat(k, a, min(a + block, stop))[::step] for a in range(start, stop, block)]
         return torch.cat(parts) if parts else torch.empty(0)
 

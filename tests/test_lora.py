@@ -284,18 +284,24 @@ def test_base_plus_bad_adapter_fails_in_validate(base, tmp_path):
 # --- extract ---------------------------------------------------------------------------------------
 
 
-def test_extract_then_merge_reproduces_low_rank_finetune(base, tmp_path):
+def low_rank_finetune(base, targets: str, seed: int):
+    """``base`` loaded, with a rank-2 change 0.05·u·v added to every weight whose name matches ``targets``."""
     model = load_model(base)
-    generator = torch.Generator().manual_seed(3)
-    targets = re.compile(r"(q_proj|v_proj|up_proj|down_proj|embed_tokens)\.weight$")
+    generator = torch.Generator().manual_seed(seed)
+    pattern = re.compile(targets)
     with torch.no_grad():
         for name, param in model.named_parameters():
-            if targets.search(name):
+            if pattern.search(name):
                 rows, cols = param.shape
                 u, v = torch.randn(rows, 2, generator=generator), torch.randn(2, cols, generator=generator)
-                param.add_(0.05 * u @ v)  # rank 2 on purpose
-            elif name == "model.layers.1.input_layernorm.weight":
-                param.add_(0.1)  # a 1-D change: saved whole
+                param.add_(0.05 * u @ v)
+    return model
+
+
+def test_extract_then_merge_reproduces_low_rank_finetune(base, tmp_path):
+    model = low_rank_finetune(base, r"(q_proj|v_proj|up_proj|down_proj|embed_tokens)\.weight$", seed=3)
+    with torch.no_grad():
+        model.get_parameter("model.layers.1.input_layernorm.weight").add_(0.1)  # a 1-D change: saved whole
     ft = save_model(model, tmp_path / "ft")
     adapter = tmp_path / "extracted"
     result = lora_cli("extract", "--base", base, "--finetuned", ft, "--rank", 4, "--out", adapter)
@@ -330,18 +336,7 @@ def test_merge_and_extract_on_cuda_equal_the_cpu(base, adapters, tmp_path):
     for name, tensor in cpu.items():
         step = torch.finfo(torch.bfloat16).eps * tensor.float().abs().clamp(min=1e-30)
         assert bool(((gpu[name].float() - tensor.float()).abs() <= step).all()), name
-    model = load_model(base)
-    generator = torch.Generator().manual_seed(5)
-    with torch.no_grad():
-        for name, param in model.named_parameters():
-            if name.endswith(("q_proj.weight", "down_proj.weight")):
-                rows, cols = param.shape
-                param.add_(
-                    0.05
-                    * torch.randn(rows, 2, generator=generator)
-                    @ torch.randn(2, cols, generator=generator)
-                )
-    ft = save_model(model, tmp_path / "ft")
+    ft = save_model(low_rank_finetune(base, r"(q_proj|down_proj)\.weight$", seed=5), tmp_path / "ft")
     adapter = tmp_path / "extracted"
     result = lora_cli(
         "extract", "--base", base, "--finetuned", ft, "--rank", 4, "--out", adapter, "--device", "cuda"
