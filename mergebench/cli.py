@@ -17,6 +17,7 @@ from mergebench.analyze_cli import analyze_command
 from mergebench.cli_device import check_device, device_option, report_gpu_memory
 from mergebench.errors import ConfigError, MergebenchError
 from mergebench.eval_cli import eval_command, evaluate_and_print
+from mergebench.libc import retain_freed_memory
 from mergebench.lora.cli import lora_group
 from mergebench.search_cli import search_command
 from mergebench.version import __version__
@@ -69,6 +70,7 @@ def _interrupt_once() -> dict[int, object]:
 @click.version_option(__version__, prog_name="mergebench")
 def main() -> None:
     """Merge LLM finetunes and LoRA adapters, streaming one tensor at a time."""
+    retain_freed_memory()
 
 
 main.add_command(analyze_command)

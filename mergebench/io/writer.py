@@ -34,6 +34,7 @@ import torch
 
 from mergebench.dtypes import safetensors_code
 from mergebench.errors import CheckpointError, OutputError
+from mergebench.libc import start_writeback
 
 INDEX_NAME = "model.safetensors.index.json"
 # Inside a partial directory: who writes it and which shards are finished (removed before publishing).
@@ -137,18 +138,24 @@ def _close_quietly(fd: int) -> None:
         os.close(fd)
 
 
+# Written bytes are handed to the disk (``start_writeback``) every this many bytes.
+WRITEBACK_STEP = 64 << 20
+
+
 class OutputFile:
     """A new output file written through its raw descriptor.
 
     Buffered file objects report a full disk at some later flush or close (or not at all when the
     error happens while another exception unwinds); here every write, the sync and the close report
     it at once as one ``OutputError`` naming the file. ``close`` returns only once the data is on
-    disk, so a published model (and a shard recorded for ``--resume``) survives a power loss.
+    disk, so a published model (and a shard recorded for ``--resume``) survives a power loss; written
+    data is handed to the disk as it accumulates (``start_writeback``), so that wait is short.
     """
 
     def __init__(self, path: Path) -> None:
         self.path = path
         self.size = 0
+        self._written_back = 0  # bytes already handed to start_writeback
         try:
             self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
         except OSError as exc:
@@ -163,6 +170,9 @@ class OutputFile:
                 self.size += written
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+        if self.size - self._written_back >= WRITEBACK_STEP:
+            start_writeback(self._fd, self._written_back, self.size - self._written_back)
+            self._written_back = self.size
 
     def close(self) -> None:
         fd, self._fd = self._fd, -1
