@@ -951,3 +951,50 @@ def test_della_density_plus_epsilon_outside_unit_interval_is_a_plan_error(llama_
         and all("model 0" in line and "epsilon" in line for line in errors[:-1])
     )
     assert not any(tmp_path.glob("*.partial*"))
+
+
+@pytest.mark.parametrize("outer,m", [(1, 7), (5, 2), (64, 300), (2, 1 << 16), ((1 << 16) + 1, 3)])
+def test_magnitude_ranks_of_float32_rows_are_the_stable_order(outer, m):
+    """The radix-key path (float32 on the CPU) ranks exactly as a stable argsort of |x| by row:
+    equal magnitudes, ±0 and every NaN (any sign or payload, ranked last) by lower column first."""
+    rows = rand(outer, m, seed=9, dtype=torch.float32)
+    flat = rows.view(-1)
+    flat[::7] = flat[0]  # ties
+    flat[1::7] = -flat[0]  # ties across signs
+    flat[2::11] = 0.0
+    flat[3::13] = -0.0
+    flat[4::17] = float("inf")
+    flat[5::19] = float("-inf")
+    flat[6::23] = float("nan")
+    flat.view(torch.int32)[8::29] = -0x3FFFFFF  # NaNs with the sign bit and other payloads
+    flat.view(torch.int32)[9::31] = 0x7F800123
+    ranks = della_module.magnitude_ranks(rows)
+    magnitudes = np.abs(rows.numpy())
+    expected = np.empty((outer, m), dtype=np.int64)
+    for i in range(outer) if outer < 100 else (0, outer // 2, outer - 1):
+        order = np.lexsort((np.arange(m), magnitudes[i]))  # numpy sorts NaN last, ties by index
+        expected[i, order] = np.arange(m)
+        assert np.array_equal(ranks[i].numpy(), expected[i]), i
+    # the comparison-sort path (float64 here) agrees on every row
+    assert torch.equal(ranks, della_module.magnitude_ranks(rows.double()))
+
+
+def test_della_of_float32_tensors_matches_the_reference():
+    """float32 task vectors take the radix-key ranks (the tests above use float64 ones); the zero base
+    keeps τ exact, so the reference ranks the same values."""
+    base = torch.zeros(48, 96)
+    models = [rand(48, 96, seed=2, dtype=torch.float32), rand(48, 96, seed=3, dtype=torch.float32)]
+    models[0][:, ::5] = models[0][:, :1]  # tied magnitudes in each row
+    models[1][:, 1::5] = -models[1][:, :1]
+    out = call("della", models, base, key=(3, "w"), weight=[1.0, 0.7], density=[0.3, 0.5], epsilon=[0.2, 0.1])
+    expected = ref.della(
+        base.double().numpy(),
+        [m.double().numpy() for m in models],
+        [1.0, 0.7],
+        [0.3, 0.5],
+        [0.2, 0.1],
+        draws(models, (3, "w")),
+        normalize=True,
+        ties=True,
+    )
+    np.testing.assert_allclose(out.double().numpy(), expected, rtol=1e-5, atol=1e-6)

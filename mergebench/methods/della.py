@@ -28,6 +28,7 @@ import functools
 import math
 from collections.abc import Mapping, Sequence
 
+import numpy
 import torch
 
 from mergebench.errors import ConfigError
@@ -84,18 +85,52 @@ def row_layout(shape: Sequence[int]) -> tuple[int, int, int]:
     return shape[0], shape[1], math.prod(shape[2:])
 
 
+# Ranks of float32 rows come from one sort of distinct int64 keys (row, |x|'s bits, column): 16 bits
+# for the row within the block, 31 for the magnitude, 16 for the column.
+KEY_ROW_SHIFT, KEY_MAGNITUDE_SHIFT, KEY_COLUMN_BITS = 47, 16, 16
+FLOAT32_ABOVE_INF = 0x7F800001  # every NaN's magnitude bits, clamped: one value, above +inf
+
+
+def magnitude_ranks(rows: torch.Tensor) -> torch.Tensor:
+    """Rank (int64) of each entry of a 2-D tensor by ascending |x| within its row, equal magnitudes
+    (and every NaN, ranked last) by lower column first: the order of a stable argsort.
+
+    For float32 on the CPU it sorts one int64 key per entry instead: a non-negative float orders as
+    its bit pattern, so (row, |x| bits, column) are distinct keys whose plain ascending order is that
+    stable order. numpy sorts such integers with SIMD, and scatters the ranks back, several times
+    faster than torch's stable row sort and index_put_, and without holding the GIL (DELLA on the
+    2-core VM: 55 s → 27 s, identical output). Other dtypes, devices or sizes argsort the rows.
+    """
+    outer, m = rows.shape
+    steps = torch.arange(m, device=rows.device)
+    if rows.dtype != torch.float32 or rows.device.type != "cpu" or max(outer, m) > 1 << KEY_COLUMN_BITS:
+        order = torch.argsort(rows.abs(), dim=1, stable=True)
+        return torch.empty_like(order).scatter_(1, order, steps.expand_as(order))
+    keys = rows.abs().view(torch.int32).clamp_(max=FLOAT32_ABOVE_INF).to(torch.int64)
+    keys.bitwise_left_shift_(KEY_MAGNITUDE_SHIFT).add_(steps)
+    keys += torch.arange(outer).view(outer, 1).bitwise_left_shift_(KEY_ROW_SHIFT)
+    ordered = numpy.sort(keys.view(-1).numpy())
+    row_starts = (ordered >> KEY_ROW_SHIFT) * m  # flat index of each key's row
+    ranks = numpy.empty(outer * m, dtype=numpy.int64)
+    ranks[(ordered & ((1 << KEY_COLUMN_BITS) - 1)) + row_starts] = numpy.arange(outer * m) - row_starts
+    return torch.from_numpy(ranks).view(outer, m)
+
+
 def magprune_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """Keep probabilities (float64) of an (outer, m, inner) block of τ: density − ε + 2ε·r/(m − 1),
     r the ascending-magnitude rank along dim 1 (equal magnitudes: lower index first)."""
     m = delta.shape[1]
     if m == 1:
         return torch.full(delta.shape, density, dtype=torch.float64, device=delta.device)
-    rows = delta.squeeze(2) if delta.shape[2] == 1 else delta  # sorting the last dim is faster
-    order = torch.argsort(rows.abs(), dim=1, stable=True)
-    ranks = torch.empty_like(order)
-    steps = torch.arange(m, device=delta.device).view(1, m, *([1] * (rows.dim() - 2))).expand_as(order)
-    ranks.scatter_(1, order, steps)
-    return ranks.view(delta.shape).to(torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
+    if delta.shape[2] == 1:
+        ranks = magnitude_ranks(delta.view(delta.shape[0], m))
+    else:  # ranks along dim 1 of each (m, inner) slab: the rows of its transpose
+        ranks = (
+            magnitude_ranks(delta.transpose(1, 2).reshape(-1, m))
+            .view(delta.shape[0], delta.shape[2], m)
+            .transpose(1, 2)
+        )
+    return ranks.reshape(delta.shape).to(torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
 
 
 def magprune(
@@ -114,8 +149,8 @@ def magprune(
     p = magprune_probabilities(delta, density, epsilon)
     uniform = uniforms(delta.numel(), key, model_index, offset, device=delta.device).view(delta.shape)
     keep = uniform.to(torch.float64) < p
-    if divide:
-        return torch.where(keep, delta.to(torch.float64) / p, 0.0).to(delta.dtype)
+    if divide:  # where(keep, δ/p, 0) as a product (+ 0.0 makes a dropped −0 a +0): 5× faster here
+        return (delta.to(torch.float64) / p).mul_(keep).add_(0.0).to(delta.dtype)
     return delta * keep
 
 

@@ -295,6 +295,6 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
         if divisor is not None:
             divisor.add_(agrees, alpha=weight)
     if divisor is not None:
-        divisor[divisor == 0] = 1.0
+        divisor += divisor == 0  # 0 → 1, others unchanged: a vectorized add, unlike a masked fill
         merged /= divisor
     return merged
