@@ -109,7 +109,7 @@ def magnitude_ranks(rows: torch.Tensor) -> torch.Tensor:
     keys = rows.abs().view(torch.int32).clamp_(max=FLOAT32_ABOVE_INF).to(torch.int64)
     keys.bitwise_left_shift_(KEY_MAGNITUDE_SHIFT).add_(steps)
     keys += torch.arange(outer).view(outer, 1).bitwise_left_shift_(KEY_ROW_SHIFT)
-    ordered = numpy.sort(keys.view(-1).numpy())
+    ordered = numpy.sort(keys.reshape(-1).numpy())
     row_starts = (ordered >> KEY_ROW_SHIFT) * m  # flat index of each key's row
     ranks = numpy.empty(outer * m, dtype=numpy.int64)
     ranks[(ordered & ((1 << KEY_COLUMN_BITS) - 1)) + row_starts] = numpy.arange(outer * m) - row_starts

@@ -13,6 +13,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
+import numpy as np
 import torch
 
 SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
@@ -21,6 +22,25 @@ BRACKET = 0.01  # quantile half-width of the bracket
 
 # (start, stop, step) → 1-D float values at flat positions start, start + step, … below stop
 Values = Callable[[int, int, int], torch.Tensor]
+
+
+def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
+    """The tensor's memory as a numpy array where numpy can compute on it (a float32/float64 CPU
+    tensor), else None. Comparisons, counts and nonzero over a chunk run 7–18× faster in numpy (SIMD,
+    no GIL) than in torch, whose comparisons to a bool result and ``nonzero`` are scalar loops."""
+    if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64):
+        return tensor.numpy()
+    return None
+
+
+def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
+    """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk."""
+    array = numpy_view(chunk)
+    if array is not None:
+        where = np.flatnonzero((array >= lo) & (array <= hi))
+        return int(np.count_nonzero(array > hi)), torch.from_numpy(array[where]), torch.from_numpy(where)
+    where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
+    return int(torch.count_nonzero(chunk > hi)), chunk[where], where
 
 
 def streamed_top_k_cut(
@@ -49,10 +69,9 @@ def streamed_top_k_cut(
         lo, hi = bounds[0].item(), bounds[1].item()
         above, positions, inside = 0, [], []
         for a, b in slices:
-            chunk = values(a, b, 1)
-            above += int(torch.count_nonzero(chunk > hi))
-            where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
-            inside.append(chunk[where])
+            count, band, where = count_and_band(values(a, b, 1), lo, hi)
+            above += count
+            inside.append(band)
             positions.append(where + a)
         if above < k:
             flat_positions = torch.cat(positions)

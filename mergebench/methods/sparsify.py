@@ -12,7 +12,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from mergebench.methods.selection import top_k_cut
+from mergebench.methods.selection import numpy_view, top_k_cut
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -51,13 +51,21 @@ def trim_threshold(delta: torch.Tensor, density: float) -> tuple[float, int]:
 
 
 def trim_mask(delta: torch.Tensor, threshold: float, cutoff: int, offset: int = 0) -> torch.Tensor:
-    """The trim's keep-mask for a flat chunk of a task vector starting at ``offset``."""
+    """The trim's keep-mask for a flat chunk of a task vector starting at ``offset``.
+
+    Only a chunk holding the tie cutoff needs flat positions: before it every tie is kept (|x| ≥
+    threshold), after it none (|x| > threshold).
+    """
     magnitude = delta.abs()
-    mask = magnitude > threshold
-    if cutoff >= offset:
-        positions = torch.arange(offset, offset + delta.numel(), device=delta.device).reshape(delta.shape)
-        mask |= (magnitude == threshold) & (positions <= cutoff)
-    return mask
+    last = offset + delta.numel() - 1
+    if cutoff < offset or cutoff >= last:
+        keep_ties = cutoff >= last
+        array = numpy_view(magnitude)
+        if array is not None:
+            return torch.from_numpy(array >= threshold if keep_ties else array > threshold)
+        return magnitude >= threshold if keep_ties else magnitude > threshold
+    positions = torch.arange(offset, offset + delta.numel(), device=delta.device).reshape(delta.shape)
+    return (magnitude > threshold) | ((magnitude == threshold) & (positions <= cutoff))
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:
