@@ -71,7 +71,7 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
     """The variance cut keeping ⌊select_topk·nz⌋ entries (variances built slice by slice in one
     workspace) and the weights from the selected task vectors' mean squares (float64 sums)."""
     n = inputs.numel
-    select = None
+    select, var = None, None
     if select_topk < 1.0:
         var = inputs.workspace()
         nonzero = 0
@@ -84,8 +84,8 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
     for start in range(0, n, STATS_CHUNK):
         stop = min(start + STATS_CHUNK, n)
         deltas = _deltas(inputs, start, stop)
-        if select is not None:
-            mask = trim_mask(variance(deltas), *select, start)
+        if select is not None and var is not None:  # the variances the cut was taken from
+            mask = trim_mask(var[start:stop], *select, start)
             deltas = [delta * mask for delta in deltas]
         for index, delta in enumerate(deltas):
             wide = delta.to(torch.float64)
@@ -120,11 +120,13 @@ def sce(
     total = deltas[0].clone()
     for delta in deltas[1:]:
         total += delta
-    elected = torch.where(total >= 0, 1.0, -1.0).to(total.dtype)
+    # Vectorized arithmetic for what reads as where/==: torch's comparisons to bool are scalar loops.
+    # The stats step refused non-finite inputs, so sign() gives −1, 0 or 1 here.
+    elected = torch.sign(total).add_(0.5).sign_()  # +1 where Σ τ̂_i ≥ 0, else −1
     merged = torch.zeros_like(total)
     divisor = torch.zeros_like(total)
     for delta, w in zip(deltas, weights, strict=True):
-        agrees = (torch.sign(delta) == elected).to(delta.dtype)
-        merged += delta * (agrees * w)
-        divisor += agrees * w
+        agrees = torch.sign(delta).mul_(elected).clamp_(min=0).mul_(w)  # w where sign τ̂_i = s, else 0
+        merged += delta * agrees
+        divisor += agrees
     return base + merged / divisor.clamp_(min=DIVISOR_FLOOR)
