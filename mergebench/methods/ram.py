@@ -4,22 +4,41 @@ boosts each model's unique changes by how much of it overlaps with the others.""
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import operator
+from collections.abc import Callable, Sequence
 
 import torch
 
 from mergebench.methods.geometry import STATS_CHUNK
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import numpy_view
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
 
 def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
-    """Task vectors τ_i = θ_i − θ_base, their masks |τ_i| > ε, and how many models change each entry."""
+    """Task vectors τ_i = θ_i − θ_base, their masks |τ_i| > ε and how many models change each entry,
+    masks and counts as 0/1 and whole numbers in τ's dtype (a product with them equals one with the
+    bool mask). On the CPU numpy makes them: torch's comparisons to bool are scalar loops."""
     taus = [model - base for model in models]
-    masks = [tau.abs() > epsilon for tau in taus]
-    counts = torch.stack(masks).sum(dim=0)
+    magnitudes = [tau.abs() for tau in taus]
+    arrays = [numpy_view(magnitude) for magnitude in magnitudes]
+    if all(array is not None for array in arrays):
+        masks = [torch.from_numpy((array > epsilon).astype(array.dtype)) for array in arrays]
+    else:
+        masks = [(magnitude > epsilon).to(magnitude.dtype) for magnitude in magnitudes]
+    counts = masks[0].clone()
+    for mask in masks[1:]:
+        counts += mask
     return taus, masks, counts
+
+
+def indicator(values: torch.Tensor, compare: Callable, value: float) -> torch.Tensor:
+    """compare(values, value) as 0/1 in values' dtype (numpy on the CPU, as in ``changed``)."""
+    array = numpy_view(values)
+    if array is not None:
+        return torch.from_numpy(compare(array, value).astype(array.dtype))
+    return compare(values, value).to(values.dtype)
 
 
 def ram_merge(
@@ -27,7 +46,7 @@ def ram_merge(
 ) -> torch.Tensor:
     """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
     taus, masks, counts = changed(models, base, epsilon)
-    unique, overlap = counts == 1, counts > 1
+    unique, overlap = indicator(counts, operator.eq, 1.0), indicator(counts, operator.gt, 1.0)
     shared = counts.clamp(min=1)
     merged = torch.zeros_like(base)
     for tau, mask, boost in zip(taus, masks, boosts, strict=True):
@@ -64,9 +83,10 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
         stop = min(start + STATS_CHUNK, inputs.numel)
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
         _, masks, counts = changed(models, inputs.base(start, stop), epsilon)
+        several, alone = indicator(counts, operator.gt, 1.0), indicator(counts, operator.eq, 1.0)
         for i, mask in enumerate(masks):
-            shared[i] += int((mask & (counts > 1)).sum())
-            unique[i] += int((mask & (counts == 1)).sum())
+            shared[i] += int((mask * several).sum(dtype=torch.float64))
+            unique[i] += int((mask * alone).sum(dtype=torch.float64))
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
     return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
 
