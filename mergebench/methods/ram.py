@@ -17,16 +17,11 @@ EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
 
 def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
-    """Task vectors τ_i = θ_i − θ_base, their masks |τ_i| > ε and how many models change each entry,
-    masks and counts as 0/1 and whole numbers in τ's dtype (a product with them equals one with the
-    bool mask). On the CPU numpy makes them: torch's comparisons to bool are scalar loops."""
+    """Task vectors τ_i = θ_i − θ_base, their masks |τ_i| > ε and how many models change each entry;
+    masks and counts in τ's dtype (0/1 and whole numbers: a product with them equals one with a bool
+    mask)."""
     taus = [model - base for model in models]
-    magnitudes = [tau.abs() for tau in taus]
-    arrays = [numpy_view(magnitude) for magnitude in magnitudes]
-    if all(array is not None for array in arrays):
-        masks = [torch.from_numpy((array > epsilon).astype(array.dtype)) for array in arrays]
-    else:
-        masks = [(magnitude > epsilon).to(magnitude.dtype) for magnitude in magnitudes]
+    masks = [indicator(tau.abs(), operator.gt, epsilon) for tau in taus]
     counts = masks[0].clone()
     for mask in masks[1:]:
         counts += mask
@@ -34,7 +29,7 @@ def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
 
 
 def indicator(values: torch.Tensor, compare: Callable, value: float) -> torch.Tensor:
-    """compare(values, value) as 0/1 in values' dtype (numpy on the CPU, as in ``changed``)."""
+    """compare(values, value) as 0/1 in values' dtype; numpy makes it on the CPU (``numpy_view``)."""
     array = numpy_view(values)
     if array is not None:
         return torch.from_numpy(compare(array, value).astype(array.dtype))
