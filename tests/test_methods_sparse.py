@@ -998,3 +998,23 @@ def test_della_of_float32_tensors_matches_the_reference():
         ties=True,
     )
     np.testing.assert_allclose(out.double().numpy(), expected, rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("shape", [(), (7,), (3, 4)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_compared_equals_torch_comparisons_on_any_shape(shape, dtype):
+    """numpy's comparisons (float32/float64 on the CPU) give torch's answers, also on a 0-d tensor
+    (where numpy returns a scalar) and for NaN, ±0 and ±inf; other dtypes go through torch."""
+    import operator
+
+    from mergebench.methods.selection import compared
+
+    values = torch.randn(shape, generator=torch.Generator().manual_seed(5)).to(dtype)
+    special = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 0.25, 1.0], dtype=dtype)
+    values.view(-1)[: special.numel()] = special[: values.numel()]
+    for compare in (operator.gt, operator.ge, operator.eq):
+        for value in (0.0, 0.25, 1.0):
+            expected = compare(values, value)
+            assert torch.equal(compared(values, compare, value), expected)
+            assert torch.equal(compared(values, compare, value, as_numbers=True), expected.to(dtype))
+    assert torch.equal(sparsify.trim_mask(torch.tensor(0.5), 0.1, -1), torch.tensor(True))

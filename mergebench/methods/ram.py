@@ -5,13 +5,13 @@ boosts each model's unique changes by how much of it overlaps with the others.""
 from __future__ import annotations
 
 import operator
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 
 import torch
 
 from mergebench.methods.geometry import STATS_CHUNK
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import numpy_view
+from mergebench.methods.selection import compared
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
@@ -21,19 +21,11 @@ def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
     masks and counts in τ's dtype (0/1 and whole numbers: a product with them equals one with a bool
     mask)."""
     taus = [model - base for model in models]
-    masks = [indicator(tau.abs(), operator.gt, epsilon) for tau in taus]
+    masks = [compared(tau.abs(), operator.gt, epsilon, as_numbers=True) for tau in taus]
     counts = masks[0].clone()
     for mask in masks[1:]:
         counts += mask
     return taus, masks, counts
-
-
-def indicator(values: torch.Tensor, compare: Callable, value: float) -> torch.Tensor:
-    """compare(values, value) as 0/1 in values' dtype; numpy makes it on the CPU (``numpy_view``)."""
-    array = numpy_view(values)
-    if array is not None:
-        return torch.from_numpy(compare(array, value).astype(array.dtype))
-    return compare(values, value).to(values.dtype)
 
 
 def ram_merge(
@@ -41,7 +33,10 @@ def ram_merge(
 ) -> torch.Tensor:
     """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
     taus, masks, counts = changed(models, base, epsilon)
-    unique, overlap = indicator(counts, operator.eq, 1.0), indicator(counts, operator.gt, 1.0)
+    unique, overlap = (
+        compared(counts, operator.eq, 1.0, as_numbers=True),
+        compared(counts, operator.gt, 1.0, as_numbers=True),
+    )
     shared = counts.clamp(min=1)
     merged = torch.zeros_like(base)
     for tau, mask, boost in zip(taus, masks, boosts, strict=True):
@@ -78,7 +73,10 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
         stop = min(start + STATS_CHUNK, inputs.numel)
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
         _, masks, counts = changed(models, inputs.base(start, stop), epsilon)
-        several, alone = indicator(counts, operator.gt, 1.0), indicator(counts, operator.eq, 1.0)
+        several, alone = (
+            compared(counts, operator.gt, 1.0, as_numbers=True),
+            compared(counts, operator.eq, 1.0, as_numbers=True),
+        )
         for i, mask in enumerate(masks):
             shared[i] += int((mask * several).sum(dtype=torch.float64))
             unique[i] += int((mask * alone).sum(dtype=torch.float64))

@@ -12,6 +12,7 @@ The answer never depends on the sample: the bracket is verified by counting.
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
@@ -31,6 +32,20 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
     if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64):
         return tensor.numpy()
     return None
+
+
+def compared(
+    values: torch.Tensor, compare: Callable[[Any, float], Any], value: float, *, as_numbers: bool = False
+) -> torch.Tensor:
+    """``compare(values, value)`` entry by entry (``operator.gt``, ``operator.eq``, …): a bool mask,
+    or with ``as_numbers`` 1/0 in values' dtype, ready to multiply by. numpy computes it wherever
+    ``numpy_view`` allows; same results as torch's (IEEE comparisons, ``value`` taken in the dtype)."""
+    array = numpy_view(values)
+    if array is not None:
+        result = np.asarray(compare(array, value))  # a 0-d array compares to a numpy scalar
+        return torch.from_numpy(result.astype(array.dtype) if as_numbers else result)
+    result = compare(values, value)
+    return result.to(values.dtype) if as_numbers else result
 
 
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:

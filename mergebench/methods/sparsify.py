@@ -5,6 +5,7 @@ from __future__ import annotations
 import functools
 import hashlib
 import math
+import operator
 import struct
 from collections.abc import Sequence
 from fractions import Fraction
@@ -12,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from mergebench.methods.selection import numpy_view, top_k_cut
+from mergebench.methods.selection import compared, top_k_cut
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -59,11 +60,7 @@ def trim_mask(delta: torch.Tensor, threshold: float, cutoff: int, offset: int = 
     magnitude = delta.abs()
     last = offset + delta.numel() - 1
     if cutoff < offset or cutoff >= last:
-        keep_ties = cutoff >= last
-        array = numpy_view(magnitude)
-        if array is not None:
-            return torch.from_numpy(array >= threshold if keep_ties else array > threshold)
-        return magnitude >= threshold if keep_ties else magnitude > threshold
+        return compared(magnitude, operator.ge if cutoff >= last else operator.gt, threshold)
     positions = torch.arange(offset, offset + delta.numel(), device=delta.device).reshape(delta.shape)
     return (magnitude > threshold) | ((magnitude == threshold) & (positions <= cutoff))
 
