@@ -108,14 +108,22 @@ def _pairwise(x: torch.Tensor, *, rows: bool) -> torch.Tensor:
     return out
 
 
-def read_stacked(inputs: TensorInputs, *, minus_base: bool) -> Callable[[int, int], torch.Tensor]:
+def read_stacked(
+    inputs: TensorInputs, *, minus_base: bool, base_as_point: bool = False
+) -> Callable[[int, int], torch.Tensor]:
     """A ``read`` for :func:`gram`: the models' slices in float64, as task vectors θ_i − θ_base when
-    ``minus_base``."""
+    ``minus_base``, with the base as one more row after them when ``base_as_point``. Each slice is
+    widened straight into its row of one float64 buffer (no per-input float64 copy, no stacking)."""
 
     def read(start: int, stop: int) -> torch.Tensor:
-        x = torch.stack([inputs.model(i, start, stop).double() for i in range(inputs.count)])
+        rows = inputs.count + (1 if base_as_point else 0)
+        x = torch.empty(rows, stop - start, dtype=torch.float64, device=inputs.device)
+        for i in range(inputs.count):
+            x[i].copy_(inputs.model(i, start, stop))
+        if base_as_point:
+            x[inputs.count].copy_(inputs.base(start, stop))
         if minus_base:
-            x -= inputs.base(start, stop).double()
+            x.sub_(inputs.base(start, stop))  # float64 arithmetic: the base is widened in the op
         return x
 
     return read
