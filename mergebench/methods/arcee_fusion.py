@@ -3,12 +3,13 @@
 
 from __future__ import annotations
 
+import operator
 from collections.abc import Sequence
 
 import torch
 
 from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
-from mergebench.methods.selection import top_k_cut
+from mergebench.methods.selection import compared, top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
 BLOCK = 1 << 18  # entries of whole rows scored at a time by the stats step
@@ -46,10 +47,11 @@ def order_statistic(values: torch.Tensor, k: int) -> float:
     return top_k_cut(values, n - k)[0]
 
 
-def fusion_stats(inputs: TensorInputs) -> float | None:
-    """The keep threshold τ = median + 1.5·(Q3 − Q1) of the whole tensor's importance (None for an empty
-    tensor), each quantile the sorted value at index ⌊q·(n − 1)⌋ (mergekit's); the importance is
-    computed in blocks of whole rows into one workspace."""
+def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
+    """Which entries to keep (flat, bool; None for an empty tensor): I ≥ τ, τ = median + 1.5·(Q3 − Q1)
+    of the whole tensor's importance I, each quantile the sorted value at index ⌊q·(n − 1)⌋
+    (mergekit's). I is computed once, in blocks of whole rows into one workspace; the pieces only
+    apply the mask (n bytes), instead of recomputing I's softmaxes and logs."""
     n = inputs.numel
     if not n:
         return None
@@ -62,7 +64,7 @@ def fusion_stats(inputs: TensorInputs) -> float | None:
         )
     last = n - 1
     q1, median, q3 = (order_statistic(scores, k) for k in (last // 4, last // 2, 3 * last // 4))
-    return median + 1.5 * (q3 - q1)
+    return compared(scores, operator.ge, median + 1.5 * (q3 - q1))
 
 
 @merge_method(
@@ -71,7 +73,6 @@ def fusion_stats(inputs: TensorInputs) -> float | None:
     base="required",
     model_count=1,
     elementwise=True,
-    whole_rows=True,
     stats=fusion_stats,
     summary="θ_base + Δ·[I ≥ median(I) + 1.5·IQR(I)], I = |Δ|·KL(softmax θ_1 ‖ softmax θ_base) per row, Δ = θ_1 − θ_base",
 )
@@ -79,8 +80,8 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     """θ = θ_base + Δ·[I ≥ τ], Δ = θ_1 − θ_base, I = |Δ|·KL(softmax(θ_1) ‖ softmax(θ_base)) with the
     softmax and KL taken per row along the last dimension, τ = median(I) + 1.5·(Q3(I) − Q1(I)).
 
-    mergekit's definition. The KL needs whole rows and τ the whole tensor's importance (the stats step),
-    so the method streams through chunks of whole rows. I is a selection score, not a result: it is
+    mergekit's definition. The KL needs whole rows and τ the whole tensor's importance, so the stats step
+    scores the whole tensor and hands the pieces the mask [I ≥ τ]. I is a selection score, not a result: it is
     computed in the compute precision with mergekit's exact operations, so the kept entries are the
     same as mergekit's (in float64 the score would differ in its last float32 bits and swap entries
     lying at the threshold). Above 10⁶ entries mergekit takes its quantiles from 10⁶ entries sampled at
@@ -89,5 +90,5 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     (model,) = models
     if model.numel() == 0:
         return base.clone()
-    keep = flat_importance(model, base, piece.shape) >= piece.stats
+    keep = piece.stats[piece.offset : piece.offset + model.numel()].to(model.device)
     return base + (model - base) * keep.view(model.shape)

@@ -19,6 +19,7 @@ import torch
 
 SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
 BRACKET = 0.01  # quantile half-width of the bracket
+SLICE = 1 << 18  # entries of a materialised tensor counted at a time: the masks stay in cache
 
 
 # (start, stop, step) → 1-D float values at flat positions start, start + step, … below stop
@@ -52,8 +53,12 @@ def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torc
     """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk."""
     array = numpy_view(chunk)
     if array is not None:
-        where = np.flatnonzero((array >= lo) & (array <= hi))
-        return int(np.count_nonzero(array > hi)), torch.from_numpy(array[where]), torch.from_numpy(where)
+        # x > hi ⇔ x ≥ lo and not x ≤ hi (hi ≥ lo; NaN fails both): two compares serve both answers
+        at_least = array >= lo
+        band = at_least & (array <= hi)
+        where = np.flatnonzero(band)
+        above = np.count_nonzero(at_least) - where.size
+        return int(above), torch.from_numpy(array[where]), torch.from_numpy(where)
     where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
     return int(torch.count_nonzero(chunk > hi)), chunk[where], where
 
@@ -96,9 +101,10 @@ def streamed_top_k_cut(
 
 
 def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
-    """``streamed_top_k_cut`` over a materialised 1-D tensor."""
+    """``streamed_top_k_cut`` over a materialised 1-D tensor, counted in cache-sized slices (one
+    tensor-sized pass allocates and faults in tensor-sized masks: 1.5× slower on 11M entries)."""
     n = magnitude.numel()
-    return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, max(1, n))
+    return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, SLICE)
 
 
 def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:
