@@ -33,9 +33,10 @@ SELECT_TOPK = Param("select_topk", float, 1.0, valid=lambda v: 0.0 <= v <= 1.0, 
 
 
 class SceStats(NamedTuple):
-    """The selection cut over the variances (None: select_topk 1, keep all) and the model weights."""
+    """Which entries the variance selection keeps (flat, bool; None: select_topk 1, keep all) and the
+    model weights."""
 
-    select: tuple[float, int] | None
+    selected: torch.Tensor | None
     weights: list[float]
 
 
@@ -68,10 +69,11 @@ def _deltas(inputs: TensorInputs, start: int, stop: int) -> list[torch.Tensor]:
 
 
 def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
-    """The variance cut keeping ⌊select_topk·nz⌋ entries (variances built slice by slice in one
-    workspace) and the weights from the selected task vectors' mean squares (float64 sums)."""
+    """The entries of the variance cut keeping ⌊select_topk·nz⌋ (variances built slice by slice in one
+    workspace; the mask is kept, n bytes, so the pieces need not recompute the variances) and the
+    weights from the selected task vectors' mean squares (float64 sums)."""
     n = inputs.numel
-    select, var = None, None
+    select, var, selected = None, None, None
     if select_topk < 1.0:
         var = inputs.workspace()
         nonzero = 0
@@ -80,17 +82,18 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
             var[start:stop] = variance(_deltas(inputs, start, stop))
             nonzero += int(torch.count_nonzero(var[start:stop]))
         select = top_k_cut(var, fraction_count(nonzero, select_topk))
+        selected = torch.empty(n, dtype=torch.bool, device=var.device)
     energy = [0.0] * inputs.count
     for start in range(0, n, STATS_CHUNK):
         stop = min(start + STATS_CHUNK, n)
         deltas = _deltas(inputs, start, stop)
-        if select is not None and var is not None:  # the variances the cut was taken from
-            mask = trim_mask(var[start:stop], *select, start)
+        if select is not None and var is not None and selected is not None:  # the variances cut
+            mask = selected[start:stop] = trim_mask(var[start:stop], *select, start)
             deltas = [delta * mask for delta in deltas]
         for index, delta in enumerate(deltas):
             wide = delta.to(torch.float64)
             energy[index] += float(wide @ wide)
-    return SceStats(select, sce_weights([e / max(n, 1) for e in energy]))
+    return SceStats(selected, sce_weights([e / max(n, 1) for e in energy]))
 
 
 @merge_method(
@@ -111,10 +114,10 @@ def sce(
 ) -> torch.Tensor:
     """θ = θ_base + Σ_i w_i·[sign τ̂_i = s]·τ̂_i / max(Σ_i w_i·[sign τ̂_i = s], 1e-6), where τ̂_i is τ_i
     on the top-variance entries (``sce_stats``), w_i ∝ mean(τ̂_i²) and s = +1 where Σ τ̂_i ≥ 0 else −1."""
-    select, weights = piece.stats
+    selected, weights = piece.stats
     deltas = [model - base for model in models]
-    if select is not None:
-        mask = trim_mask(variance(deltas), *select, piece.offset)
+    if selected is not None:
+        mask = selected[piece.offset : piece.offset + base.numel()].to(base.device).view(base.shape)
         for delta in deltas:
             delta *= mask
     total = deltas[0].clone()
