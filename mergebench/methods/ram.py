@@ -77,9 +77,10 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
             compared(counts, operator.gt, 1.0, as_numbers=True),
             compared(counts, operator.eq, 1.0, as_numbers=True),
         )
-        for i, mask in enumerate(masks):
-            shared[i] += int((mask * several).sum(dtype=torch.float64))
-            unique[i] += int((mask * alone).sum(dtype=torch.float64))
+        several, alone = several.float(), alone.float()
+        for i, mask in enumerate(masks):  # counts as float32 dot products of 0/1 slices: exact < 2²⁴
+            shared[i] += int(torch.dot(mask.float(), several))
+            unique[i] += int(torch.dot(mask.float(), alone))
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
     return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
 
