@@ -83,10 +83,7 @@ def streamed_top_k_cut(
         stride = n // SAMPLE
         sample = values(0, n, stride).float()
         q = 1.0 - k / n
-        bounds = torch.quantile(
-            sample, torch.tensor([max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)], device=sample.device)
-        )
-        lo, hi = bounds[0].item(), bounds[1].item()
+        lo, hi = _quantiles(sample, [max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)])
         above, positions, inside = 0, [], []
         for a, b in slices:
             count, band, where = count_and_band(values(a, b, 1), lo, hi)
@@ -107,8 +104,25 @@ def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
     return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, SLICE)
 
 
+def _quantiles(sample: torch.Tensor, qs: list[float]) -> list[float]:
+    """Linear-interpolated quantiles of a sample (a bracket's guess: the answer never depends on it);
+    numpy selects them on the CPU where torch sorts the whole sample."""
+    array = numpy_view(sample)
+    if array is not None:
+        return [float(x) for x in np.quantile(array, qs)]
+    return torch.quantile(sample, torch.tensor(qs, device=sample.device)).tolist()
+
+
 def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[float, int]:
     """Threshold and tie cutoff for the k largest of ``values`` (flat indices mapped by ``positions``)."""
+    array = numpy_view(values) if positions is not None else None
+    if array is not None:  # a band: NaN-free, on the CPU (selection by partition, counts in numpy)
+        threshold = np.partition(array, array.size - k)[array.size - k]
+        missing = k - int(np.count_nonzero(array > threshold))
+        if missing <= 0:
+            return float(threshold), -1
+        tied = np.flatnonzero(array == threshold)[missing - 1]
+        return float(threshold), int(positions[tied])
     threshold = torch.kthvalue(values, values.numel() - k + 1).values
     missing = k - int(torch.count_nonzero(values > threshold))
     if missing <= 0:
