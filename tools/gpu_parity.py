@@ -154,6 +154,7 @@ def main() -> None:
         if differing:
             failed.append(name)
     print("all methods agree" if not failed else f"differences or failures: {', '.join(failed)}")
+    sys.exit(1 if failed else 0)
 
 
 if __name__ == "__main__":
