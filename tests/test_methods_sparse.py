@@ -1018,3 +1018,22 @@ def test_compared_equals_torch_comparisons_on_any_shape(shape, dtype):
             assert torch.equal(compared(values, compare, value), expected)
             assert torch.equal(compared(values, compare, value, as_numbers=True), expected.to(dtype))
     assert torch.equal(sparsify.trim_mask(torch.tensor(0.5), 0.1, -1), torch.tensor(True))
+
+
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_count_and_band_equals_torch_with_nan_and_inf(dtype):
+    """The numpy path counts x > hi as (x ≥ lo) − (lo ≤ x ≤ hi): NaN fails every compare, so it counts
+    nowhere, as in torch; ±inf and entries equal to lo or hi land where torch puts them."""
+    from mergebench.methods.selection import count_and_band
+
+    values = torch.randn(4099, generator=torch.Generator().manual_seed(8)).abs().to(dtype)
+    values[::97] = float("nan")
+    values[1::89] = float("inf")
+    values[2::83] = 0.5
+    values[3::79] = 1.5
+    for lo, hi in ((0.5, 1.5), (0.0, 0.0), (1.5, float("inf")), (1.0, 1.0)):
+        above, band, where = count_and_band(values, lo, hi)
+        inside = ((values >= lo) & (values <= hi)).nonzero().reshape(-1)
+        assert above == int((values > hi).sum())
+        assert torch.equal(where, inside)
+        assert torch.equal(band, values[inside])

@@ -50,7 +50,7 @@ def compared(
 
 
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
-    """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk."""
+    """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk; lo ≤ hi."""
     array = numpy_view(chunk)
     if array is not None:
         # x > hi ⇔ x ≥ lo and not x ≤ hi (hi ≥ lo; NaN fails both): two compares serve both answers
