@@ -127,17 +127,3 @@ def read_stacked(
         return x
 
     return read
-
-
-def norm64(tensor: torch.Tensor) -> float:
-    """‖x‖₂ with float64 accumulation, read in slices (no tensor-sized float64 temporary)."""
-    return math.sqrt(dot64(tensor, tensor))
-
-
-def dot64(a: torch.Tensor, b: torch.Tensor) -> float:
-    """⟨a, b⟩ of two same-shaped tensors with float64 accumulation, in slices."""
-    a, b = a.reshape(-1), b.reshape(-1)
-    total = 0.0
-    for start in range(0, a.numel(), STATS_CHUNK):
-        total += float(a[start : start + STATS_CHUNK].double() @ b[start : start + STATS_CHUNK].double())
-    return total
