@@ -37,15 +37,15 @@ def ram_merge(
         compared(counts, operator.eq, 1.0, as_numbers=True),
         compared(counts, operator.gt, 1.0, as_numbers=True),
     )
-    shared = counts.clamp(min=1)
+    shared = counts.clamp_(min=1)
     merged = torch.zeros_like(base)
-    for tau, mask, boost in zip(taus, masks, boosts, strict=True):
-        kept = tau * mask
-        part = kept * unique
+    for tau, mask, boost in zip(taus, masks, boosts, strict=True):  # in place: same operations, order
+        kept = tau.mul_(mask)
+        part = torch.mul(kept, unique)
         if boost != 1.0:
             part *= boost
-        merged += part + kept * overlap / shared
-    return base + merged
+        merged += part.add_(kept.mul_(overlap).div_(shared))
+    return merged.add_(base)
 
 
 @merge_method(
