@@ -91,4 +91,4 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     if model.numel() == 0:
         return base.clone()
     keep = piece.stats[piece.offset : piece.offset + model.numel()].to(model.device)
-    return base + (model - base) * keep.view(model.shape)
+    return (model - base).mul_(keep.view(model.shape)).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory

@@ -17,6 +17,13 @@ def weighted_sum(tensors: Sequence[torch.Tensor], weights: Sequence[float]) -> t
     return total
 
 
+def plus_base(update: torch.Tensor, base: torch.Tensor, lambda_: float) -> torch.Tensor:
+    """θ_base + λ·update, computed in ``update`` (which the caller made and gives up): the same two
+    operations as the expression, without two tensor-sized allocations, which cost more than the
+    arithmetic on a VM where fresh memory is expensive."""
+    return update.mul_(lambda_).add_(base)
+
+
 @merge_method(
     "linear",
     params=(WEIGHT, normalize_param(True)),
@@ -56,4 +63,4 @@ def task_arithmetic(
     update = weighted_sum(deltas, weight)
     if normalize:
         update /= sum(weight)
-    return base + lambda_ * update
+    return plus_base(update, base, lambda_)

@@ -16,6 +16,7 @@ from typing import NamedTuple
 
 import torch
 
+from mergebench.methods.basic import plus_base
 from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
@@ -122,13 +123,13 @@ def breadcrumbs(
         for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)
     ]
     if elect_signs:
-        return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+        return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
     update = weighted[0]
     for delta in weighted[1:]:
         update += delta
     if normalize:
         update /= sum(weight)
-    return base + lambda_ * update
+    return plus_base(update, base, lambda_)
 
 
 for _name, _elect, _then in (

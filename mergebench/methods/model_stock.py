@@ -71,4 +71,4 @@ def model_stock(
         average.add_(model)
     average /= len(models)
     t = stock_vectors(piece.shape, filter_wise).per_entry(piece.stats, piece.offset, base)
-    return average * t + base * (1 - t)
+    return average.mul_(t).add_(base * (1 - t))  # t·θ̄ + (1 − t)·θ_base, in θ̄'s memory

@@ -27,5 +27,6 @@ def nearswap(models: Sequence[torch.Tensor], base: torch.Tensor, *, t: float, pi
     the result moves from the base toward it by exactly t. t ≤ 0 gives the base. mergekit's formula.
     """
     (other,) = models
-    weight = (t / torch.abs(base - other).clamp_(min=DIFFERENCE_FLOOR)).clamp_(min=0.0, max=1.0)
-    return weight * other + (1 - weight) * base
+    weight = (t / torch.sub(base, other).abs_().clamp_(min=DIFFERENCE_FLOOR)).clamp_(min=0.0, max=1.0)
+    merged = weight * other
+    return merged.add_(weight.neg_().add_(1.0).mul_(base))  # w·θ_1 + (1 − w)·θ_base; −w + 1 is 1 − w

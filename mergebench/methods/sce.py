@@ -132,4 +132,4 @@ def sce(
         agrees = torch.sign(delta).mul_(elected).clamp_(min=0).mul_(w)  # w where sign τ̂_i = s, else 0
         merged += delta * agrees
         divisor += agrees
-    return base + merged / divisor.clamp_(min=DIVISOR_FLOOR)
+    return merged.div_(divisor.clamp_(min=DIVISOR_FLOOR)).add_(base)  # θ_base + Σ/divisor, in place

@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.basic import weighted_sum
+from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
@@ -80,7 +80,7 @@ def ties(
         delta = model - base
         delta *= trim_mask(delta, threshold, cutoff, piece.offset)
         weighted.append(delta.mul_(w))
-    return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+    return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
 
 
 def _dropped(models, base, density, piece: Piece, rescale: bool):
@@ -110,11 +110,11 @@ def dare(
     dropped = _dropped(models, base, density, piece, rescale)
     if elect_signs:
         weighted = [d.mul_(w) for d, w in zip(dropped, weight, strict=True)]
-        return base + lambda_ * disjoint_merge(weighted, weight, normalize)
+        return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
     update = weighted_sum(dropped, weight)
     if normalize:
         update /= sum(weight)
-    return base + lambda_ * update
+    return plus_base(update, base, lambda_)
 
 
 for _name, _elect, _then in (
