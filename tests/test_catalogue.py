@@ -1604,18 +1604,24 @@ def test_a_signal_interrupts_once_and_a_repeat_cannot_cut_the_cleanup_short() ->
     handlers come back afterwards; a SIGINT the parent ignored stays ignored."""
     from mergebench.cli import _interrupt_once
 
-    for signum in (signal.SIGINT, signal.SIGTERM):
-        before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
-        previous = _interrupt_once()
-        try:
-            with pytest.raises(KeyboardInterrupt):
-                signal.raise_signal(signum)
-            signal.raise_signal(signal.SIGINT)  # pressed again while unwinding: absorbed
-            signal.raise_signal(signal.SIGTERM)
-        finally:
-            for number, handler in previous.items():
-                signal.signal(number, handler)
-        assert {s: signal.getsignal(s) for s in before} == before
+    # As under a terminal: Python's own SIGINT handler. A test runner started in the background of a
+    # non-interactive shell inherits SIGINT ignored, and the CLI rightly keeps it so (checked below).
+    inherited = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        for signum in (signal.SIGINT, signal.SIGTERM):
+            before = {s: signal.getsignal(s) for s in (signal.SIGINT, signal.SIGTERM)}
+            previous = _interrupt_once()
+            try:
+                with pytest.raises(KeyboardInterrupt):
+                    signal.raise_signal(signum)
+                signal.raise_signal(signal.SIGINT)  # pressed again while unwinding: absorbed
+                signal.raise_signal(signal.SIGTERM)
+            finally:
+                for number, handler in previous.items():
+                    signal.signal(number, handler)
+            assert {s: signal.getsignal(s) for s in before} == before
+    finally:
+        signal.signal(signal.SIGINT, inherited)
     ignored = signal.signal(signal.SIGINT, signal.SIG_IGN)
     try:
         previous = _interrupt_once()
