@@ -28,15 +28,18 @@ def changed(models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float):
     return taus, masks, counts
 
 
+def alone_and_shared(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """[n = 1] and [n > 1] for the change counts n of ``changed``, as 0/1 in their dtype."""
+    alone = compared(counts, operator.eq, 1.0, as_numbers=True)
+    return alone, compared(counts, operator.gt, 1.0, as_numbers=True)
+
+
 def ram_merge(
     models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float, boosts: Sequence[float]
 ) -> torch.Tensor:
     """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
     taus, masks, counts = changed(models, base, epsilon)
-    unique, overlap = (
-        compared(counts, operator.eq, 1.0, as_numbers=True),
-        compared(counts, operator.gt, 1.0, as_numbers=True),
-    )
+    unique, overlap = alone_and_shared(counts)
     shared = counts.clamp_(min=1)
     merged = torch.zeros_like(base)
     for tau, mask, boost in zip(taus, masks, boosts, strict=True):  # in place: same operations, order
@@ -73,11 +76,7 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
         stop = min(start + STATS_CHUNK, inputs.numel)
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
         _, masks, counts = changed(models, inputs.base(start, stop), epsilon)
-        several, alone = (
-            compared(counts, operator.gt, 1.0, as_numbers=True),
-            compared(counts, operator.eq, 1.0, as_numbers=True),
-        )
-        several, alone = several.float(), alone.float()
+        alone, several = (mask.float() for mask in alone_and_shared(counts))
         for i, mask in enumerate(masks):  # counts as float32 dot products of 0/1 slices: exact < 2²⁴
             shared[i] += int(torch.dot(mask.float(), several))
             unique[i] += int(torch.dot(mask.float(), alone))

@@ -73,7 +73,7 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
     workspace; the mask is kept, n bytes, so the pieces need not recompute the variances) and the
     weights from the selected task vectors' mean squares (float64 sums)."""
     n = inputs.numel
-    select, var, selected = None, None, None
+    selected = None
     if select_topk < 1.0:
         var = inputs.workspace()
         nonzero = 0
@@ -83,13 +83,16 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
             nonzero += int(torch.count_nonzero(var[start:stop]))
         select = top_k_cut(var, fraction_count(nonzero, select_topk))
         selected = torch.empty(n, dtype=torch.bool, device=var.device)
+        for start in range(0, n, STATS_CHUNK):
+            selected[start : start + STATS_CHUNK] = trim_mask(
+                var[start : start + STATS_CHUNK], *select, start
+            )
     energy = [0.0] * inputs.count
     for start in range(0, n, STATS_CHUNK):
         stop = min(start + STATS_CHUNK, n)
         deltas = _deltas(inputs, start, stop)
-        if select is not None and var is not None and selected is not None:  # the variances cut
-            mask = selected[start:stop] = trim_mask(var[start:stop], *select, start)
-            deltas = [delta * mask for delta in deltas]
+        if selected is not None:
+            deltas = [delta * selected[start:stop] for delta in deltas]
         for index, delta in enumerate(deltas):
             wide = delta.to(torch.float64)
             energy[index] += float(wide @ wide)
