@@ -320,6 +320,25 @@ def test_ram_disjoint_and_overlapping_changes():
     close(call("ramplus_tl", [base.clone(), base.clone()], base), base.numpy())
 
 
+@pytest.mark.parametrize("k", [1, 2, 3])
+@pytest.mark.parametrize("epsilon", [0.5, 1.0, 1.5])  # 1.0: |τ| = ε is not a change
+def test_ramplus_overlap_counts_numpy_and_torch_paths(k, epsilon):
+    """RAM+'s per-slice counts: the numpy path (CPU float32/64) and the torch path (any other tensor,
+    e.g. on a GPU; float16 here) both equal a direct count. Integer values keep τ exact in every dtype."""
+    from mergebench.methods.ram import overlap_counts
+
+    def ints(seed: int) -> torch.Tensor:
+        return torch.randint(-3, 4, (5003,), generator=torch.Generator().manual_seed(seed)).double()
+
+    base, models = ints(0), [ints(i + 1) for i in range(k)]
+    masks = [np.abs(m.numpy() - base.numpy()) > epsilon for m in models]
+    n = np.sum(masks, axis=0)
+    expected = ([int((m & (n > 1)).sum()) for m in masks], [int((m & (n == 1)).sum()) for m in masks])
+    for dtype in (torch.float32, torch.float64, torch.float16):
+        counted = overlap_counts([m.to(dtype) for m in models], base.to(dtype), epsilon)
+        assert counted == expected, dtype
+
+
 # ---------------------------------------------------------------------------------------------------
 # executor paths: chunked == whole tensor == method(...)
 

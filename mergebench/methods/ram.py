@@ -7,11 +7,12 @@ from __future__ import annotations
 import operator
 from collections.abc import Sequence
 
+import numpy as np
 import torch
 
 from mergebench.methods.geometry import STATS_CHUNK
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import compared
+from mergebench.methods.selection import compared, numpy_view
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
@@ -67,6 +68,33 @@ def ram(models: Sequence[torch.Tensor], base: torch.Tensor, *, epsilon: float, p
     return ram_merge(models, base, epsilon, [1.0] * len(models))
 
 
+def overlap_counts(
+    models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float
+) -> tuple[list[int], list[int]]:
+    """Per model i, over one slice: (#entries i changes (|τ_i| > ε) that another model changes too,
+    #entries only i changes)."""
+    arrays = [numpy_view(model) for model in models]
+    base_array = numpy_view(base)
+    if base_array is None or any(array is None for array in arrays):
+        _, masks, counts = changed(models, base, epsilon)
+        alone, several = (mask.float() for mask in alone_and_shared(counts))
+        # counts as float32 dot products of 0/1 slices: exact below 2²⁴
+        shared = [int(torch.dot(mask.float(), several)) for mask in masks]
+        return shared, [int(torch.dot(mask.float(), alone)) for mask in masks]
+    # numpy on the CPU: bool masks, in-place scratch; the same float32 τ and compare as ``changed``
+    scratch = np.empty_like(base_array)
+    masks_np = []
+    counts_np = np.zeros(base_array.shape, dtype=np.uint8 if len(arrays) < 256 else np.int32)
+    for array in arrays:
+        np.abs(np.subtract(array, base_array, out=scratch), out=scratch)
+        mask = scratch > epsilon
+        counts_np += mask
+        masks_np.append(mask)
+    several, alone = counts_np > 1, counts_np == 1
+    shared = [int(np.count_nonzero(mask & several)) for mask in masks_np]
+    return shared, [int(np.count_nonzero(mask & alone)) for mask in masks_np]
+
+
 def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: float) -> list[float]:
     """λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = #(entries i shares with another) / max(#(entries only i changed), ε),
     counted over the whole tensor (tensor-local)."""
@@ -75,11 +103,9 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
     for start in range(0, inputs.numel, STATS_CHUNK):
         stop = min(start + STATS_CHUNK, inputs.numel)
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        _, masks, counts = changed(models, inputs.base(start, stop), epsilon)
-        alone, several = (mask.float() for mask in alone_and_shared(counts))
-        for i, mask in enumerate(masks):  # counts as float32 dot products of 0/1 slices: exact < 2²⁴
-            shared[i] += int(torch.dot(mask.float(), several))
-            unique[i] += int(torch.dot(mask.float(), alone))
+        counted = overlap_counts(models, inputs.base(start, stop), epsilon)
+        shared = [total + count for total, count in zip(shared, counted[0], strict=True)]
+        unique = [total + count for total, count in zip(unique, counted[1], strict=True)]
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
     return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
 
