@@ -307,6 +307,15 @@ def default_workers(device: str) -> int:
     return available_cores() if torch.device(device).type == "cpu" else GPU_WORKERS
 
 
+def default_idle_bytes() -> int:
+    """Idle buffers the pool keeps for reuse: 1 GB, or an eighth of the memory available if less.
+    Enough to hold a model's embedding-sized input buffers from its first op to its LM head (its last),
+    which would otherwise be faulted in afresh: on a 0.85B model, 1 GB instead of 384 MB cut a 3-model
+    merge's page faults by a third (416K → 283K) at the same peak RSS (its first op is the peak)."""
+    available = available_memory()
+    return min(1 << 30, available // 8) if available else 384 << 20
+
+
 def default_readahead_bytes(workers: int) -> int:
     """Inputs held in flight: enough to keep every worker busy on mid-sized tensors (~128 MB each), at
     least 384 MB, and never more than a quarter of the memory available."""
@@ -348,7 +357,7 @@ def execute_plan(
         disable=not progress,
         dynamic_ncols=True,
     )
-    buffers = BufferPool(pinned=on_gpu)
+    buffers = BufferPool(default_idle_bytes(), pinned=on_gpu)
     # Chunked arithmetic is made of many small operations: spreading each over an OpenMP team costs
     # more in synchronisation than it gains, and collapses (10-20x slower) whenever another process
     # competes for the cores. Jobs run side by side instead, each on one intra-op thread.
