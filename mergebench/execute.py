@@ -29,6 +29,20 @@ from mergebench.vocab import RowGather, RowInputs
 # Elementwise methods run over flat chunks of this many entries: small enough that every
 # intermediate stays in cache and no tensor-sized temporaries are allocated.
 CHUNK = 1 << 18
+# With this many workers or more, chunks are CHUNK_SCALE times longer (see chunk_entries).
+MANY_WORKERS, CHUNK_SCALE = 8, 4
+
+
+def chunk_entries(workers: int) -> int:
+    """Entries per chunk when ``workers`` ops are computed at once.
+
+    Every torch call holds the GIL for its few µs of Python-side handling; at 256K entries that is a
+    large enough share of a chunk that, on 16 cores, threads stopped scaling at ~4 (linear's chunk
+    arithmetic: 2.3× the one-thread rate with 16 threads; RAM's 3.9×). Chunks of 1M entries amortise it
+    (8.2× and 7.7×, and 3.1× / 1.8× the 256K-chunk throughput at 16 threads), but on a 2-core VM they
+    spill the caches and run slower (RAM 263 → 167 M entries/s on one thread): so many workers only.
+    Measured by tools/bench_chunks.py (README, "Chunk length and cores")."""
+    return CHUNK * CHUNK_SCALE if workers >= MANY_WORKERS else CHUNK
 
 
 def arithmetic_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
@@ -44,6 +58,7 @@ def run_op(
     *,
     chunked: bool | None = None,
     helpers: ChunkHelpers | None = None,
+    chunk: int | None = None,
 ) -> torch.Tensor:
     """Compute one output tensor from the stored tensors it reads (``op_refs(op)`` order); returns it on
     the CPU.
@@ -51,7 +66,7 @@ def run_op(
     ``buffers`` lends recycled memory for the output and for whole-tensor scratch space.
     ``chunked`` (default: elementwise methods on the CPU) streams the math through small chunks;
     otherwise whole tensors go to ``device`` at once, which is what a GPU wants. ``helpers`` lets idle
-    cores take a share of a large op's chunks.
+    cores take a share of a large op's chunks; ``chunk`` is the chunk length (default CHUNK).
     """
     buffers = buffers or BufferPool(idle_limit=0)
     values = []
@@ -119,7 +134,7 @@ def run_op(
     flat_out = buffers.take(nbytes).view(op.output.dtype) if nbytes else torch.empty(0, dtype=op.output.dtype)
     out = flat_out.reshape(op.output.shape)
     split = 1 if base is not None else 0
-    step = chunk_length(op.output.shape, method.whole_rows)
+    step = chunk_length(op.output.shape, method.whole_rows, chunk)
 
     def compute_chunks(starts: range) -> None:
         for start in starts:
@@ -188,12 +203,13 @@ class ChunkHelpers:
         self._pool.shutdown(wait=True, cancel_futures=True)
 
 
-def chunk_length(shape: Sequence[int], whole_rows: bool) -> int:
-    """Entries per chunk: CHUNK, or for a method that needs whole rows the most whole dim-0 slices
-    that fit in CHUNK (at least one; a 0-D or 1-D tensor is one row)."""
+def chunk_length(shape: Sequence[int], whole_rows: bool, chunk: int | None = None) -> int:
+    """Entries per chunk: ``chunk`` (default CHUNK), or for a method that needs whole rows the most
+    whole dim-0 slices that fit in it (at least one; a 0-D or 1-D tensor is one row)."""
+    chunk = chunk or CHUNK
     if not whole_rows:
-        return CHUNK
-    return whole_rows_length(math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape), CHUNK)
+        return chunk
+    return whole_rows_length(math.prod(shape[1:]) if len(shape) >= 2 else math.prod(shape), chunk)
 
 
 def _require_finite(op: Merge, bases: list[torch.Tensor], models: list[torch.Tensor]) -> None:
@@ -388,7 +404,7 @@ def execute_plan(
         else:
             assert helpers is not None
             with helpers:
-                merged = run_op(op, inputs, device, buffers, helpers=helpers)
+                merged = run_op(op, inputs, device, buffers, helpers=helpers, chunk=chunk)
         for tensor in inputs:
             if not same_storage(tensor, merged):
                 buffers.give(tensor)
@@ -402,6 +418,7 @@ def execute_plan(
     readers = ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read")
     computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergebench-compute")
     helpers = None if on_gpu else ChunkHelpers(workers)
+    chunk = chunk_entries(workers)
     try:
 
         def fill() -> None:

@@ -203,3 +203,33 @@ def test_chunks_shared_with_helper_threads_give_the_same_bytes(monkeypatch, meth
         helpers.shutdown()
     assert len(shared) == 3  # the op's own thread took one run, helpers the other three
     assert torch.equal(alone, together)
+
+
+@pytest.mark.parametrize("method_name", sorted(n for n, m in all_methods().items() if m.elementwise))
+def test_many_workers_longer_chunks_give_the_same_bytes(monkeypatch, method_name):
+    """With many workers the executor cuts CHUNK_SCALE× longer chunks (chunk_entries): every elementwise
+    method (randomized and whole-row ones included) writes the same bytes as with the short chunks."""
+    method = get_method(method_name)
+    count = method.model_count or 3
+    generator = torch.Generator().manual_seed(6)
+    shape = (48, 333)  # rows misaligned with both chunk lengths
+    base = torch.randn(shape, generator=generator)
+    tensors = [base] + [base + 0.02 * torch.randn(shape, generator=generator) for _ in range(count)]
+    tensors = [t.to(torch.bfloat16) for t in tensors]
+    uses_base = method.base != "unused"
+    job = Merge(
+        output=TensorSpec("model.layers.0.mlp.up_proj.weight", shape, torch.bfloat16),
+        method=method,
+        base=InMemory() if uses_base else None,
+        models=(InMemory(),) * count,
+        params=default_params(method, count),
+        seed=4,
+    )
+    inputs = tensors if uses_base else tensors[1:]
+    monkeypatch.setattr(execute, "CHUNK", 700)
+    few, many = execute.chunk_entries(1), execute.chunk_entries(execute.MANY_WORKERS)
+    assert (few, many) == (700, 700 * execute.CHUNK_SCALE)
+    short = execute.run_op(job, list(inputs), chunk=few)
+    long = execute.run_op(job, list(inputs), chunk=many)
+    assert torch.equal(short, long)
+    assert not torch.equal(long, tensors[0])  # something was merged
