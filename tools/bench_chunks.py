@@ -2,9 +2,10 @@
 """Chunk arithmetic throughput by chunk length and thread count: how the executor should cut tensors.
 
 The executor computes elementwise methods chunk by chunk, one op per worker thread, every torch call
-single-threaded. Each thread here does what a worker does per chunk — widen bf16 inputs to float32,
-apply the method, round the result into a bf16 output — on data of its own, over and over for
-``--seconds``; the rate is entries of output per second over all threads. Chunk lengths alternate
+single-threaded, glibc keeping freed scratch for reuse (as the command line sets it). Each thread here
+does what a worker does per chunk — widen bf16 inputs to float32, apply the method, round the result
+into a bf16 output — on data of its own, over and over for ``--seconds``; the rate is entries of
+output per second over all threads. Chunk lengths alternate
 within every run (rotated order) and each (method, threads, chunk) is measured ``--runs`` times;
 min and median are reported, with each median's speed-up over the same chunk length on one thread.
 No files are read or written (this is the arithmetic alone: no I/O floor applies).
@@ -27,6 +28,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 
 import torch  # noqa: E402
 
+from mergebench.libc import retain_freed_memory  # noqa: E402
 from mergebench.methods import get_method  # noqa: E402
 
 # method → (number of models, has a base, parameters by YAML name)
@@ -96,6 +98,7 @@ def main() -> None:
     parser.add_argument("--seconds", type=float, default=1.0, help="length of one measurement")
     args = parser.parse_args()
     torch.set_num_threads(1)  # as the executor: one intra-op thread per worker
+    retain_freed_memory()  # as the command line: chunk scratch is reused, not faulted in afresh
     chunks = [size(c) for c in args.chunks.split(",")]
     threads = [int(t) for t in args.threads.split(",")]
     print(
