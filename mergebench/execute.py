@@ -36,12 +36,11 @@ MANY_WORKERS, CHUNK_SCALE = 8, 4
 def chunk_entries(workers: int) -> int:
     """Entries per chunk when ``workers`` ops are computed at once.
 
-    Every torch call holds the GIL for its few µs of Python-side handling; at 256K entries that is a
-    large enough share of a chunk that, on 16 cores, threads stopped scaling at ~4 (linear's chunk
-    arithmetic: 2.3× the one-thread rate with 16 threads; RAM's 3.9×). Chunks of 1M entries amortise it
-    (8.2× and 7.7×, and 3.1× / 1.8× the 256K-chunk throughput at 16 threads), but on a 2-core VM they
-    spill the caches and run slower (RAM 263 → 167 M entries/s on one thread): so many workers only.
-    Measured by tools/bench_chunks.py (README, "Chunk length and cores")."""
+    Every torch call holds the GIL for its Python-side handling; with 256K-entry chunks that share
+    kept 16 threads at 2.5–3× one thread's rate on a 16-core machine (RAM's and linear's chunk
+    arithmetic), 1M-entry chunks reached 7–9× (and 1.3–1.6× the 256K-chunk throughput at 16 threads).
+    On a 2-core VM the short chunks are faster (RAM 466 vs 245 M entries/s on both cores): so longer
+    chunks only with many workers. tools/bench_chunks.py measures it (README, "Many cores")."""
     return CHUNK * CHUNK_SCALE if workers >= MANY_WORKERS else CHUNK
 
 

@@ -103,9 +103,9 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
     for start in range(0, inputs.numel, STATS_CHUNK):
         stop = min(start + STATS_CHUNK, inputs.numel)
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        counted = overlap_counts(models, inputs.base(start, stop), epsilon)
-        shared = [total + count for total, count in zip(shared, counted[0], strict=True)]
-        unique = [total + count for total, count in zip(unique, counted[1], strict=True)]
+        shared_here, unique_here = overlap_counts(models, inputs.base(start, stop), epsilon)
+        shared = [total + count for total, count in zip(shared, shared_here, strict=True)]
+        unique = [total + count for total, count in zip(unique, unique_here, strict=True)]
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
     return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
 
