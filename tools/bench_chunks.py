@@ -22,6 +22,7 @@ import statistics
 import sys
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
@@ -40,11 +41,12 @@ METHODS = {
 
 
 def size(text: str) -> int:
+    """Entries from "256K", "1M" or a plain number."""
     units = {"K": 1 << 10, "M": 1 << 20}
     return int(text[:-1]) * units[text[-1].upper()] if text[-1].upper() in units else int(text)
 
 
-def chunk_work(method: str, entries: int, seed: int):
+def chunk_work(method: str, entries: int, seed: int) -> Callable[[], None]:
     """One thread's per-chunk work on its own bf16 inputs (a base and finetunes a small move away)."""
     count, has_base, params = METHODS[method]
     generator = torch.Generator().manual_seed(seed)
