@@ -21,6 +21,7 @@ from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
     LAMBDA,
+    STATS_CHUNK,
     WEIGHT,
     Param,
     Piece,
@@ -30,8 +31,6 @@ from mergebench.methods.registry import (
 )
 from mergebench.methods.selection import top_k_cut
 from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, trim_mask
-
-STATS_CHUNK = 1 << 18
 
 GAMMA = Param(
     "gamma", float, 0.01, per_model=True, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"

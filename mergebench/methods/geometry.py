@@ -15,9 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergebench.methods.registry import TensorInputs
-
-STATS_CHUNK = 1 << 18  # entries per input read at a time by a stats step
+from mergebench.methods.registry import STATS_CHUNK, TensorInputs
 
 
 @dataclass(frozen=True)

@@ -9,8 +9,8 @@ from collections.abc import Sequence
 import torch
 
 from mergebench.errors import ConfigError
-from mergebench.methods.geometry import STATS_CHUNK, Vectors, gram, read_stacked
-from mergebench.methods.registry import WEIGHT, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.geometry import Vectors, gram, read_stacked
+from mergebench.methods.registry import STATS_CHUNK, WEIGHT, Param, Piece, TensorInputs, merge_method
 
 
 def multislerp_weights(weight: Sequence[float], normalize_weights: bool) -> list[float]:

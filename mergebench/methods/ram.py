@@ -10,8 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mergebench.methods.geometry import STATS_CHUNK
-from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+from mergebench.methods.registry import STATS_CHUNK, Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import compared, numpy_view
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")

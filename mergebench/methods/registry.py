@@ -88,6 +88,11 @@ class Piece:
     shape: tuple[int, ...] = ()  # the whole tensor's shape (a chunk is a flat slice of it)
 
 
+# Entries per input read at a time by a stats step (whole-tensor sums are accumulated in this order,
+# so it is one value for every method and machine).
+STATS_CHUNK = 1 << 18
+
+
 class TensorInputs:
     """A stats step's view of one output tensor's whole inputs, read in the compute precision.
 

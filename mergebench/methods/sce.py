@@ -21,11 +21,10 @@ from typing import NamedTuple
 
 import torch
 
-from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.registry import INT8_MASK, STATS_CHUNK, Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import top_k_cut
 from mergebench.methods.sparsify import fraction_count, trim_mask
 
-STATS_CHUNK = 1 << 18
 WEIGHT_SUM_GUARD = 1e-6  # mergekit's sce_weight: below this total, uniform weights
 DIVISOR_FLOOR = 1e-6  # mergekit's clamp of the agreeing weight
 

@@ -11,7 +11,7 @@ from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 
 PARALLEL_COSINE = 0.9995  # above this |cos|, the angle is too small to divide by: interpolate linearly
 NORM_EPS = 1e-8
-STATS_CHUNK = 1 << 20
+DOT_CHUNK = 1 << 20  # entries per slice of its float64 dot products (its own summation order)
 
 
 def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[float, float]:
@@ -29,8 +29,8 @@ def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[floa
 def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
     """The angle between the whole tensors, accumulated in float64 over slices: the scales (a, b)."""
     dot = sq0 = sq1 = 0.0
-    for start in range(0, inputs.numel, STATS_CHUNK):
-        stop = min(start + STATS_CHUNK, inputs.numel)
+    for start in range(0, inputs.numel, DOT_CHUNK):
+        stop = min(start + DOT_CHUNK, inputs.numel)
         a = inputs.base(start, stop).double()
         b = inputs.model(0, start, stop).double()
         dot += float(a @ b)

@@ -12,6 +12,7 @@ from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
     LAMBDA,
+    STATS_CHUNK,
     WEIGHT,
     Param,
     Piece,
@@ -21,8 +22,6 @@ from mergebench.methods.registry import (
 )
 from mergebench.methods.selection import Values, streamed_top_k_cut
 from mergebench.methods.sparsify import dare_drop, disjoint_merge, keep_count, trim_mask
-
-STATS_CHUNK = 1 << 18
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
