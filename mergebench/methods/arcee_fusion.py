@@ -90,5 +90,5 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     (model,) = models
     if model.numel() == 0:
         return base.clone()
-    keep = piece.stats[piece.offset : piece.offset + model.numel()].to(model.device)
-    return (model - base).mul_(keep.view(model.shape)).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory
+    keep = piece.part_of(piece.stats, model)
+    return (model - base).mul_(keep).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory

@@ -87,6 +87,11 @@ class Piece:
     stats: Any = None  # the method's ``stats`` result for the whole tensor
     shape: tuple[int, ...] = ()  # the whole tensor's shape (a chunk is a flat slice of it)
 
+    def part_of(self, flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
+        """This piece's entries of a flat whole-tensor array (e.g. a stats step's keep-mask), on
+        ``like``'s device and in its shape."""
+        return flat[self.offset : self.offset + like.numel()].to(like.device).view(like.shape)
+
 
 # Entries per input read at a time by a stats step (whole-tensor sums are accumulated in this order,
 # so it is one value for every method and machine).

@@ -119,7 +119,7 @@ def sce(
     selected, weights = piece.stats
     deltas = [model - base for model in models]
     if selected is not None:
-        mask = selected[piece.offset : piece.offset + base.numel()].to(base.device).view(base.shape)
+        mask = piece.part_of(selected, base)
         for delta in deltas:
             delta *= mask
     total = deltas[0].clone()
