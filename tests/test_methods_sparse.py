@@ -956,7 +956,12 @@ def test_della_density_plus_epsilon_outside_unit_interval_is_a_plan_error(llama_
 @pytest.mark.parametrize("outer,m", [(1, 7), (5, 2), (64, 300), (2, 1 << 16), ((1 << 16) + 1, 3)])
 def test_magnitude_ranks_of_float32_rows_are_the_stable_order(outer, m):
     """The radix-key path (float32 on the CPU) ranks exactly as a stable argsort of |x| by row:
-    equal magnitudes, ±0 and every NaN (any sign or payload, ranked last) by lower column first."""
+    equal magnitudes, ±0 and every NaN (any sign or payload, ranked last) by lower column first.
+    Ranks are ``by_rank`` of the ramp 0, 1, …, m − 1 (DELLA scatters its probability ramp the same way)."""
+
+    def magnitude_ranks(x: torch.Tensor) -> torch.Tensor:
+        return della_module.by_rank(x, torch.arange(x.shape[1]))
+
     rows = rand(outer, m, seed=9, dtype=torch.float32)
     flat = rows.view(-1)
     flat[::7] = flat[0]  # ties
@@ -968,7 +973,7 @@ def test_magnitude_ranks_of_float32_rows_are_the_stable_order(outer, m):
     flat[6::23] = float("nan")
     flat.view(torch.int32)[8::29] = -0x3FFFFFF  # NaNs with the sign bit and other payloads
     flat.view(torch.int32)[9::31] = 0x7F800123
-    ranks = della_module.magnitude_ranks(rows)
+    ranks = magnitude_ranks(rows)
     magnitudes = np.abs(rows.numpy())
     expected = np.empty((outer, m), dtype=np.int64)
     for i in range(outer) if outer < 100 else (0, outer // 2, outer - 1):
@@ -976,7 +981,7 @@ def test_magnitude_ranks_of_float32_rows_are_the_stable_order(outer, m):
         expected[i, order] = np.arange(m)
         assert np.array_equal(ranks[i].numpy(), expected[i]), i
     # the comparison-sort path (float64 here) agrees on every row
-    assert torch.equal(ranks, della_module.magnitude_ranks(rows.double()))
+    assert torch.equal(ranks, magnitude_ranks(rows.double()))
 
 
 def test_della_of_float32_tensors_matches_the_reference():

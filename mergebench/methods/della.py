@@ -118,11 +118,6 @@ def by_rank(rows: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order, ramp.to(rows.device).expand(rows.shape))
 
 
-def magnitude_ranks(rows: torch.Tensor) -> torch.Tensor:
-    """Rank (int64) of each entry of a 2-D tensor by ascending |x| within its row (``magnitude_order``)."""
-    return by_rank(rows, torch.arange(rows.shape[1]))
-
-
 def magprune_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """Keep probabilities (float64) of an (outer, m, inner) block of τ: density − ε + 2ε·r/(m − 1),
     r the ascending-magnitude rank along dim 1 (equal magnitudes: lower index first)."""
