@@ -104,6 +104,12 @@ main.add_command(search_command)
 )
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option(
+    "--direct-io/--no-direct-io",
+    default=True,
+    show_default=True,
+    help="Write shards around the page cache (O_DIRECT; off with --eval, which reads the output right back).",
+)
+@click.option(
     "--eval",
     "eval_files",
     multiple=True,
@@ -129,6 +135,7 @@ def merge(
     resume,
     allow_pickle,
     no_progress,
+    direct_io,
     eval_files,
     eval_device,
     stage,
@@ -169,6 +176,7 @@ def merge(
         seed=seed,
         threads=threads,
         resume=resume,
+        direct_io=direct_io and not eval_files,
     )
     if recipe:
         from mergebench.stages import read_stages, run_recipe

@@ -31,6 +31,7 @@ class MergeOptions:
     readahead: int = 2
     resume: bool = False  # keep the verified shards of a killed run into the same output
     threads: int | None = None  # ops computed at once (default: every available core; 3 streams on a GPU)
+    direct_io: bool = True  # shards bypass the page cache; False when the output is read right back
 
 
 def run_merge(config: MergeConfig, config_text: str, out: str | Path, options: MergeOptions) -> Path:
@@ -54,7 +55,11 @@ def _merge(
     plan = plan_merge(config, allow_pickle=options.allow_pickle)
     card = ModelCard(f"{config.merge_method} merge", list(plan.sources), config_text)
     execution = Execution(
-        device=options.device, progress=options.progress, readahead=options.readahead, workers=options.threads
+        device=options.device,
+        progress=options.progress,
+        readahead=options.readahead,
+        workers=options.threads,
+        direct_io=options.direct_io,
     )
     return publish_model(target, plan, card, execution), plan
 
@@ -97,7 +102,8 @@ def merge(config: ConfigLike, out_dir: str | os.PathLike, **options: object) -> 
     """Merge ``config`` (YAML path, mapping or MergeConfig) into ``out_dir``.
 
     ``options`` are MergeOptions' fields (``max_shard_size``, ``device``, ``overwrite``, ``allow_pickle``,
-    ``progress`` (default off here), ``seed``). Raises MergebenchError subclasses on user errors.
+    ``progress`` (default off here), ``seed``, ``readahead``, ``resume``, ``threads``, ``direct_io``
+    (off when the output is loaded right after)). Raises MergebenchError subclasses on user errors.
     """
     known = {f.name for f in fields(MergeOptions)}
     unknown = sorted(set(options) - known)

@@ -47,12 +47,13 @@ class ModelCard:
 
 @dataclass(frozen=True)
 class Execution:
-    """How the arithmetic runs; never changes what is written."""
+    """How the arithmetic runs and the shards are written; never changes what is written."""
 
     device: str = "cpu"
     progress: bool = True
     readahead: int = 2
     workers: int | None = None
+    direct_io: bool = True  # shards bypass the page cache (``OutputFile``); off when read right back
 
 
 class OutputTarget:
@@ -133,6 +134,7 @@ def publish_model(target: OutputTarget, plan: MergePlan, card: ModelCard, execut
             target.shard_size,
             done_shards=len(output.done_shards),
             on_shard_done=output.record_shard,
+            direct=execution.direct_io,
         )
         try:
             execute_plan(

@@ -200,7 +200,7 @@ def run_trial(config: dict, scratch: str, data: dict[str, list[dict]], device: s
         from mergebench.pipeline import merge
         from mergebench.quickeval import evaluate_loaded, load_model
 
-        merged = merge(config, Path(scratch) / "model", device=device, progress=False)
+        merged = merge(config, Path(scratch) / "model", device=device, progress=False, direct_io=False)
         model, tokenizer, torch_device = load_model(merged.path, device)
         try:
             metrics = evaluate_loaded(model, tokenizer, data, torch_device)

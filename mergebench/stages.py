@@ -190,7 +190,8 @@ def _run_stage(
             unchanged = False
         if unchanged:
             return StageRun(stage.name, target, rebuilt=False)
-    stage_options = replace(options, overwrite=True) if reusable else options
+    # An intermediate is read right back by the next stage: written through the page cache.
+    stage_options = replace(options, overwrite=True, direct_io=False) if reusable else options
     run_merge(config, stage.text, target, stage_options)
     if reusable:
         try:

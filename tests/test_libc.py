@@ -1,7 +1,10 @@
-"""The C library calls behind the command line's memory reuse and early writeback."""
+"""The C library and kernel calls behind the command line's memory reuse and output writing (early
+writeback, direct I/O)."""
 
 from __future__ import annotations
 
+import errno
+import fcntl
 import os
 import subprocess
 import sys
@@ -9,6 +12,7 @@ import textwrap
 
 import pytest
 
+from mergebench.io import writer
 from mergebench.io.writer import WRITEBACK_STEP, OutputFile
 from mergebench.libc import start_writeback
 
@@ -62,3 +66,96 @@ def test_start_writeback_reaches_the_kernel_and_output_files_keep_every_byte(tmp
     finally:
         os.close(read_end)
         os.close(write_end)
+
+
+O_DIRECT = getattr(os, "O_DIRECT", 0)
+
+
+def direct_io_works(directory) -> bool:
+    """Whether this file system takes O_DIRECT (tmpfs before Linux 6.6 and some FUSE ones do not)."""
+    probe = directory / "probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600))
+        return bool(O_DIRECT)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
+def opened_direct(path) -> bool:
+    """Whether the kernel holds ``path`` open with O_DIRECT (read from /proc, not from our object)."""
+    for fd in os.listdir("/proc/self/fd"):
+        try:
+            if os.readlink(f"/proc/self/fd/{fd}") == str(path):
+                return bool(fcntl.fcntl(int(fd), fcntl.F_GETFL) & O_DIRECT)
+        except OSError:
+            continue
+    raise AssertionError(f"{path} is not open")
+
+
+BLOCK = 1 << 16  # small blocks, so a few hundred KB cross several of them
+
+
+@linux_only
+@pytest.mark.parametrize(
+    "pieces",
+    [[], [100], [BLOCK], [BLOCK - 1, 1, BLOCK], [3 * BLOCK + 12345], [7, BLOCK + 13, 2 * BLOCK, 4000, 5]],
+    ids=["empty", "short", "one block", "split block", "blocks and tail", "ragged"],
+)
+def test_direct_output_files_keep_every_byte(tmp_path, monkeypatch, pieces):
+    monkeypatch.setattr(writer, "DIRECT_BLOCK", BLOCK)
+    path = tmp_path / "shard.bin"
+    data = [os.urandom(n) for n in pieces]
+    with OutputFile(path, direct=True) as handle:
+        for piece in data:
+            handle.write(piece)
+        assert opened_direct(path) == direct_io_works(tmp_path)
+        assert handle.size == sum(pieces)
+    assert path.read_bytes() == b"".join(data)
+
+
+@linux_only
+def test_direct_io_refused_at_open_writes_through_the_page_cache(tmp_path, monkeypatch):
+    """A file system without O_DIRECT answers EINVAL at open: the file is written buffered."""
+    real_open = os.open
+
+    def no_direct(path, flags, *args, **kwargs):
+        if flags & O_DIRECT:
+            raise OSError(errno.EINVAL, os.strerror(errno.EINVAL), str(path))
+        return real_open(path, flags, *args, **kwargs)
+
+    monkeypatch.setattr(os, "open", no_direct)
+    data = os.urandom(3 * (1 << 20) + 5)
+    path = tmp_path / "shard.bin"
+    with OutputFile(path, direct=True) as handle:
+        handle.write(data)
+        assert not handle.direct and not opened_direct(path)
+    assert path.read_bytes() == data
+
+
+@linux_only
+def test_direct_write_refused_midway_goes_on_through_the_page_cache(tmp_path, monkeypatch):
+    """A device wanting another alignment refuses a direct write (EINVAL): that block and every later
+    byte are written buffered, and nothing is lost or repeated."""
+    if not direct_io_works(tmp_path):
+        pytest.skip("this file system takes no O_DIRECT")
+    monkeypatch.setattr(writer, "DIRECT_BLOCK", BLOCK)
+    real_write, direct_writes = os.write, []
+
+    def refuse_second_direct_write(fd, data):
+        if fcntl.fcntl(fd, fcntl.F_GETFL) & O_DIRECT:
+            direct_writes.append(len(data))
+            if len(direct_writes) == 2:
+                raise OSError(errno.EINVAL, os.strerror(errno.EINVAL))
+        return real_write(fd, data)
+
+    monkeypatch.setattr(os, "write", refuse_second_direct_write)
+    data = os.urandom(5 * BLOCK + 77)
+    path = tmp_path / "shard.bin"
+    with OutputFile(path, direct=True) as handle:
+        handle.write(data[:100])
+        handle.write(data[100:])
+        assert not handle.direct and not opened_direct(path)
+    assert direct_writes == [BLOCK, BLOCK]
+    assert path.read_bytes() == data

@@ -29,6 +29,7 @@ import pytest
 import torch
 from click.testing import Result
 
+from mergebench.io import writer
 from tests.conftest import assert_clean_failure, run_cli, snapshot, write_config
 
 SHARD = "3KB"  # ~12 output shards for the tiny model below
@@ -136,6 +137,7 @@ class DiskFull:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, call: str, root: Path, fail_at: int | None) -> None:
         self.root = str(root)
         self.count = 0
+        self.direct_writes = 0  # writes through a descriptor opened with O_DIRECT
         self.fail_at = fail_at
         self.real = getattr(os, call)
         monkeypatch.setattr(os, call, getattr(self, f"_{call}"))
@@ -150,6 +152,7 @@ class DiskFull:
         return self.count == self.fail_at
 
     def _write(self, fd: int, data) -> int:
+        self.direct_writes += bool(fcntl.fcntl(fd, fcntl.F_GETFL) & getattr(os, "O_DIRECT", 0))
         if self._hit(_fd_path(fd).startswith(self.root)):
             raise ENOSPC
         return self.real(fd, data)
@@ -205,7 +208,27 @@ def digest(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
-@pytest.mark.parametrize("scenario", ["new output in a new parent", "--overwrite of an existing output"])
+def supports_direct_io(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT (the file system decides)."""
+    probe = directory / ".direct-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600))
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+    return hasattr(os, "O_DIRECT")
+
+
+@pytest.mark.parametrize(
+    "scenario",
+    [
+        "new output in a new parent",
+        "--overwrite of an existing output",
+        "direct I/O in 4 KiB blocks",  # the tiny shards otherwise fit in direct I/O's last partial block
+        "--no-direct-io",
+    ],
+)
 @pytest.mark.parametrize("call", DiskFull.CALLS)
 def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch, call, scenario):
     config = merge_config(tmp_path / "merge.yaml", models.base, models.ft1, models.ft2)
@@ -213,9 +236,17 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
     outs.mkdir(parents=True)
     (outs / "neighbour.txt").write_text("not ours")
     reference = fast_dir / "reference"
-    assert merge(config, reference).exit_code == 0
+    assert merge(config, reference, "--no-direct-io").exit_code == 0
     expected = digest(reference)
     extra: tuple[str, ...] = ()
+    shard = SHARD
+    if scenario.startswith("direct"):
+        monkeypatch.setattr(writer, "DIRECT_BLOCK", 4096)
+        shard = "20KB"  # several blocks per shard
+        assert merge(config, reference, "--overwrite", shard=shard).exit_code == 0
+        expected = digest(reference)
+    elif scenario == "--no-direct-io":
+        extra = ("--no-direct-io",)
     if scenario.startswith("--overwrite"):
         out = outs / "out"
         assert merge(config, out).exit_code == 0
@@ -226,11 +257,15 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
     before_inputs, before = inputs_tree(models), snapshot(outs)
     with monkeypatch.context() as patch:  # the counting run: every call succeeds
         counter = DiskFull(patch, call, outs, fail_at=None)
-        result = merge(config, out, *extra)
+        result = merge(config, out, *extra, shard=shard)
         assert result.exit_code == 0, result.output
     assert digest(out) == expected
-    shutil.rmtree(out if extra else out.parent)
-    if extra:
+    if call == "write" and scenario.startswith("direct") and supports_direct_io(outs):
+        assert counter.direct_writes > 0
+    if call == "write" and scenario == "--no-direct-io":
+        assert counter.direct_writes == 0
+    shutil.rmtree(out if scenario.startswith("--overwrite") else out.parent)
+    if scenario.startswith("--overwrite"):
         shutil.copytree(reference, out)
         (out / "keep.txt").write_text("the old output")
     assert snapshot(outs) == before
@@ -239,7 +274,7 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
     for nth in range(1, counter.count + 1):
         with monkeypatch.context() as patch:
             fault = DiskFull(patch, call, outs, fail_at=nth)
-            result = merge(config, out, *extra)
+            result = merge(config, out, *extra, shard=shard)
         try:
             assert fault.count >= nth, "the fault was never reached"
             line = assert_one_error(result, 5, "No space left on device")
@@ -247,10 +282,10 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
             assert snapshot(outs) == before, "something was left in or beside OUT"
         except AssertionError as exc:
             problems.append(f"{call} #{nth}: {str(exc).splitlines()[0]}\n{result.output}")
-            shutil.rmsnapshot(outs)  # reset for the next case
+            shutil.rmtree(outs)  # reset for the next case
             outs.mkdir()
             (outs / "neighbour.txt").write_text("not ours")
-            if extra:
+            if scenario.startswith("--overwrite"):
                 shutil.copytree(reference, out)
                 (out / "keep.txt").write_text("the old output")
     assert not problems, f"{len(problems)} of {counter.count} cases failed:\n" + "\n".join(problems[:5])
@@ -270,11 +305,15 @@ def _umount(path: Path) -> None:
 
 @pytest.mark.skipif(os.geteuid() != 0, reason="mounting a small tmpfs needs root")
 @pytest.mark.parametrize("limit", ["size", "nr_inodes"])
-def test_real_full_tmpfs(models, tmp_path, limit):
+@pytest.mark.parametrize("shard", [SHARD, "20KB"], ids=["small shards", "direct I/O in 4 KiB blocks"])
+def test_real_full_tmpfs(models, tmp_path, monkeypatch, limit, shard):
     """OUT on a tmpfs too small for it: every size (4 KiB steps) or inode count below what the model
-    needs fails cleanly and leaves the file system empty; the first that fits gives the normal output."""
+    needs fails cleanly and leaves the file system empty; the first that fits gives the normal output.
+    With 4 KiB direct I/O blocks (where tmpfs takes O_DIRECT) the disk fills inside a direct write."""
+    if shard != SHARD:
+        monkeypatch.setattr(writer, "DIRECT_BLOCK", 4096)
     config = merge_config(tmp_path / "merge.yaml", models.base, models.ft1, models.ft2)
-    assert merge(config, tmp_path / "reference").exit_code == 0
+    assert merge(config, tmp_path / "reference", shard=shard).exit_code == 0
     expected = digest(tmp_path / "reference")
     before_inputs = inputs_tree(models)
     mount = tmp_path / "mnt"
@@ -282,7 +321,7 @@ def test_real_full_tmpfs(models, tmp_path, limit):
     for step in range(1, 200):
         _mount_tmpfs(mount, f"size={4 * step}k" if limit == "size" else f"nr_inodes={step},size=64m")
         try:
-            result = merge(config, mount / "out")
+            result = merge(config, mount / "out", shard=shard)
             if result.exit_code == 0:
                 assert digest(mount / "out") == expected
                 break

@@ -18,6 +18,7 @@ import errno
 import fcntl
 import functools
 import json
+import mmap
 import os
 import re
 import shutil
@@ -43,6 +44,7 @@ PARTIAL_RECORD = ".mergebench-partial.json"
 # "N.5" halfway through tensor N's bytes; it says so on stderr and waits for a line on stdin.
 PAUSE_ENV = "MERGEBENCH_TEST_PAUSE"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs; 0 elsewhere: always buffered
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
@@ -140,6 +142,9 @@ def _close_quietly(fd: int) -> None:
 
 # Written bytes are handed to the disk (``start_writeback``) every this many bytes.
 WRITEBACK_STEP = 64 << 20
+# Direct I/O writes whole blocks of this many bytes (a multiple of every device's alignment) from one
+# page-aligned staging buffer; only a file's last partial block goes through the page cache.
+DIRECT_BLOCK = 8 << 20
 
 
 class OutputFile:
@@ -150,39 +155,97 @@ class OutputFile:
     it at once as one ``OutputError`` naming the file. ``close`` returns only once the data is on
     disk, so a published model (and a shard recorded for ``--resume``) survives a power loss; written
     data is handed to the disk as it accumulates (``start_writeback``), so that wait is short.
+
+    ``direct`` writes around the page cache (O_DIRECT): the bytes go from one reused buffer to the
+    disk, so the kernel neither copies them nor allocates and later reclaims page-cache memory for
+    them — on a 2-core VM that was more CPU time than a linear merge's arithmetic — and a merge
+    larger than memory does not push its inputs out of the cache. Where the file system refuses
+    O_DIRECT (at open, or a write for its alignment) the file is written through the page cache.
     """
 
-    def __init__(self, path: Path) -> None:
+    def __init__(self, path: Path, *, direct: bool = False) -> None:
         self.path = path
         self.size = 0
         self._written_back = 0  # bytes already handed to start_writeback
+        self._block: memoryview | None = None  # direct I/O: the staging buffer, None when buffered
+        self._staged = 0
+        flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
-            self._fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC, 0o666)
+            try:
+                self._fd = os.open(path, flags | (_O_DIRECT if direct else 0), 0o666)
+                if direct and _O_DIRECT:
+                    self._block = memoryview(mmap.mmap(-1, DIRECT_BLOCK))
+            except OSError as exc:
+                if not (direct and exc.errno == errno.EINVAL):
+                    raise
+                self._fd = os.open(path, flags, 0o666)  # no O_DIRECT on this file system
         except OSError as exc:
             raise OutputError(f"{path}: cannot create ({_reason(exc)})") from None
 
+    @property
+    def direct(self) -> bool:
+        """Whether bytes still bypass the page cache."""
+        return self._block is not None
+
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
+        self.size += len(view)
+        while view and self._block is not None:
+            take = min(len(view), len(self._block) - self._staged)
+            self._block[self._staged : self._staged + take] = view[:take]
+            self._staged += take
+            view = view[take:]
+            if self._staged == len(self._block):
+                self._flush_block()
+        if view:
+            self._write_all(view)
+            if self.size - self._written_back >= WRITEBACK_STEP:
+                start_writeback(self._fd, self._written_back, self.size - self._written_back)
+                self._written_back = self.size
+
+    def _flush_block(self) -> None:
+        assert self._block is not None
+        staged, self._staged = self._block[: self._staged], 0
+        self._write_all(staged)
+
+    def _write_all(self, view: memoryview) -> None:
         try:
             while view:
-                written = os.write(self._fd, view)
+                try:
+                    written = os.write(self._fd, view)
+                except OSError as exc:
+                    if exc.errno != errno.EINVAL or self._block is None:
+                        raise
+                    self._leave_direct()  # the device wants another alignment: go on buffered
+                    continue
                 view = view[written:]
-                self.size += written
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
-        if self.size - self._written_back >= WRITEBACK_STEP:
-            start_writeback(self._fd, self._written_back, self.size - self._written_back)
-            self._written_back = self.size
+
+    def _leave_direct(self) -> None:
+        """Write the rest through the page cache (the last partial block, or after a refusal)."""
+        self._block = None
+        try:
+            fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
+        except OSError as exc:
+            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
 
     def close(self) -> None:
-        fd, self._fd = self._fd, -1
-        if fd < 0:
+        if self._fd < 0:
             return
         try:
-            os.fsync(fd)
+            if self._block is not None:  # the last partial block: through the page cache
+                tail = self._block[: self._staged]
+                self._leave_direct()
+                self._write_all(tail)
+            os.fsync(self._fd)
         except OSError as exc:
-            _close_quietly(fd)
+            self.abort()
             raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+        except OutputError:
+            self.abort()
+            raise
+        fd, self._fd = self._fd, -1
         try:
             os.close(fd)
         except OSError as exc:
@@ -258,8 +321,10 @@ class ShardedWriter:
         single_file: str | None = None,
         done_shards: int = 0,
         on_shard_done: ShardDone | None = None,
+        direct: bool = False,
     ) -> None:
         self.directory = directory
+        self.direct = direct  # shards written around the page cache (``OutputFile``)
         self.single_file = single_file
         if single_file is not None:  # one named file, no index (e.g. adapter_model.safetensors)
             self.shards = [list(specs)]
@@ -312,7 +377,7 @@ class ShardedWriter:
         if self._file is not None:
             self._file.abort()
             self._file = None
-        self._file = OutputFile(self.directory / self.file_names[shard_index])
+        self._file = OutputFile(self.directory / self.file_names[shard_index], direct=self.direct)
         self._hash = Crc32() if self._on_shard_done is not None else None
         self._open_shard = shard_index
         self._emit(_header_bytes(self.shards[shard_index]))
