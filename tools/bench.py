@@ -5,7 +5,8 @@ Contenders are separate processes run round-robin (every contender once per roun
 their order rotated each round), each run after ``os.sync()`` on a page cache warmed once per input
 set, so a noisy neighbour or the host's writeback hits them all alike. Each round also times the I/O
 floor — plain Python (no torch, no mergebench) reading every input byte once and writing the output's
-byte count — once per distinct set of input files. Peak RSS is read through a small launcher process,
+byte count, through the page cache; ``--floor-writes direct`` writes with O_DIRECT as mergebench's
+shards are written — once per distinct set of input files. Peak RSS is read through a small launcher process,
 because a child spawned straight from this (large) process would inherit its resident-set high-water
 mark. The machine is shared, so before each run the driver waits (up to --quiet-wait s) for the rest
 of it to go quiet, and records the CPU time others used during every run. Reported: min and median
@@ -354,21 +355,24 @@ def output_bytes(directory: Path) -> int:
 # Processes: the floor, the launcher, the contenders' scripts.
 
 FLOOR_SCRIPT = """
-import os, sys
-inputs, out, nbytes = sys.argv[1].split(os.pathsep), sys.argv[2], int(sys.argv[3])
-buf = bytearray(64 << 20)
+import fcntl, mmap, os, sys
+inputs, out, nbytes, writes = sys.argv[1].split(os.pathsep), sys.argv[2], int(sys.argv[3]), sys.argv[4]
+buf = mmap.mmap(-1, 64 << 20)  # page-aligned, as direct I/O needs
 view = memoryview(buf)
 for path in inputs:
     with open(path, 'rb', buffering=0) as f:
         while f.readinto(view):
             pass
 os.makedirs(out, exist_ok=True)
-with open(os.path.join(out, 'floor.bin'), 'wb', buffering=0) as f:
-    left = nbytes
-    while left:
-        n = min(left, len(buf))
-        f.write(view[:n])
-        left -= n
+direct = os.O_DIRECT if writes == 'direct' else 0
+fd = os.open(os.path.join(out, 'floor.bin'), os.O_WRONLY | os.O_CREAT | os.O_TRUNC | direct, 0o644)
+left = nbytes
+while left:
+    n = min(left, len(buf))
+    if n < len(buf) and direct:  # the last partial block through the page cache, as mergebench does
+        fcntl.fcntl(fd, fcntl.F_SETFL, fcntl.fcntl(fd, fcntl.F_GETFL) & ~direct)
+    left -= os.write(fd, view[:n])
+os.close(fd)
 sys.exit(3 if 'torch' in sys.modules else 0)  # the floor must not pay for a heavy import
 """
 
@@ -1083,7 +1087,8 @@ def make_plan(args: argparse.Namespace, work: Path, shape: str, models: dict[str
             out = out_root / "lora" / c.name.replace("@", "-at-")
             tasks.append(Task("lora", key, c, contender_command(c, args, [models["base"], adapter]), out))
     output_size = output_bytes(models["base"])  # every output holds the base's tensors, in bf16
-    floor_contender = Contender("floor", "floor", clean_env())
+    floor_name = "floor" if args.floor_writes == "buffered" else "floor-direct"  # the CSV says which
+    floor_contender = Contender(floor_name, "floor", clean_env())
     floors = {}
     for key, files in set_files.items():
         out = out_root / f"floor-{key}"
@@ -1094,6 +1099,7 @@ def make_plan(args: argparse.Namespace, work: Path, shape: str, models: dict[str
             os.pathsep.join(map(str, files)),
             str(out),
             str(output_size),
+            args.floor_writes,
         ]
         floors[key] = Task("floor", key, floor_contender, lambda _out, c=command: c, out)
     return Plan(set_files, set_methods, floors, tasks)
@@ -1335,6 +1341,13 @@ def main() -> None:
     )
     parser.add_argument(
         "--quiet-load", type=float, default=0.3, help="'quiet': others use at most this many cores (0.3)"
+    )
+    parser.add_argument(
+        "--floor-writes",
+        choices=["buffered", "direct"],
+        default="buffered",
+        help="how the I/O floor writes: through the page cache (the targets' floor) or with O_DIRECT, "
+        "as mergebench writes shards (default buffered)",
     )
     parser.add_argument(
         "--no-snapshot",
