@@ -105,9 +105,9 @@ main.add_command(search_command)
 @click.option("--no-progress", is_flag=True, help="Hide the progress bar.")
 @click.option(
     "--direct-io/--no-direct-io",
-    default=True,
-    show_default=True,
-    help="Write shards around the page cache (O_DIRECT; off with --eval, which reads the output right back).",
+    default=None,
+    help="Write shards around the page cache (O_DIRECT), or through it [default: direct with at most 4 "
+    "cores; through the page cache with --eval, which reads the output right back].",
 )
 @click.option(
     "--eval",
@@ -176,7 +176,7 @@ def merge(
         seed=seed,
         threads=threads,
         resume=resume,
-        direct_io=direct_io and not eval_files,
+        direct_io=False if eval_files and direct_io is None else direct_io,
     )
     if recipe:
         from mergebench.stages import read_stages, run_recipe

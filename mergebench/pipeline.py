@@ -31,7 +31,7 @@ class MergeOptions:
     readahead: int = 2
     resume: bool = False  # keep the verified shards of a killed run into the same output
     threads: int | None = None  # ops computed at once (default: every available core; 3 streams on a GPU)
-    direct_io: bool = True  # shards bypass the page cache; False when the output is read right back
+    direct_io: bool | None = None  # shards bypass the page cache (None: with few cores; publish.direct_io)
 
 
 def run_merge(config: MergeConfig, config_text: str, out: str | Path, options: MergeOptions) -> Path:

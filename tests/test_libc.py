@@ -159,3 +159,16 @@ def test_direct_write_refused_midway_goes_on_through_the_page_cache(tmp_path, mo
         assert not handle.direct and not opened_direct(path)
     assert direct_writes == [BLOCK, BLOCK]
     assert path.read_bytes() == data
+
+
+@linux_only
+def test_shards_bypass_the_page_cache_by_default_with_few_cores():
+    from mergebench.publish import direct_io
+
+    cores = os.sched_getaffinity(0)
+    try:
+        os.sched_setaffinity(0, {min(cores)})  # this process may now use one core
+        assert direct_io(None)
+    finally:
+        os.sched_setaffinity(0, cores)
+    assert direct_io(True) and not direct_io(False)  # an explicit choice wins

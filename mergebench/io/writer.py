@@ -142,8 +142,8 @@ def _close_quietly(fd: int) -> None:
 
 # Written bytes are handed to the disk (``start_writeback``) every this many bytes.
 WRITEBACK_STEP = 64 << 20
-# Direct I/O writes whole blocks of this many bytes (a multiple of every device's alignment) from one
-# page-aligned staging buffer; only a file's last partial block goes through the page cache.
+# Direct I/O writes whole blocks of this many bytes (a multiple of every device's alignment) from two
+# page-aligned staging buffers; only a file's last partial block goes through the page cache.
 DIRECT_BLOCK = 8 << 20
 
 
@@ -156,25 +156,29 @@ class OutputFile:
     disk, so a published model (and a shard recorded for ``--resume``) survives a power loss; written
     data is handed to the disk as it accumulates (``start_writeback``), so that wait is short.
 
-    ``direct`` writes around the page cache (O_DIRECT): the bytes go from one reused buffer to the
-    disk, so the kernel neither copies them nor allocates and later reclaims page-cache memory for
-    them — on a 2-core VM that was more CPU time than a linear merge's arithmetic — and a merge
-    larger than memory does not push its inputs out of the cache. Where the file system refuses
-    O_DIRECT (at open, or a write for its alignment) the file is written through the page cache.
+    ``direct`` writes around the page cache (O_DIRECT): the bytes go from two reused buffers to the
+    disk — one is written by a helper thread while the caller fills the other — so the kernel
+    neither copies them nor allocates and later reclaims page-cache memory for them (on a 2-core VM
+    that was more CPU time than a linear merge's arithmetic), and a merge larger than memory does
+    not push its inputs out of the cache. Where the file system refuses O_DIRECT (at open, or a
+    write for its alignment) the rest of the file is written through the page cache.
     """
 
     def __init__(self, path: Path, *, direct: bool = False) -> None:
         self.path = path
         self.size = 0
         self._written_back = 0  # bytes already handed to start_writeback
-        self._block: memoryview | None = None  # direct I/O: the staging buffer, None when buffered
-        self._staged = 0
+        self._blocks: list[memoryview] = []  # direct I/O's staging buffers; empty when buffered
+        self._current = 0  # the block being filled
+        self._staged = 0  # bytes in it
+        self._flusher: ThreadPoolExecutor | None = None
+        self._pending: tuple[Future, memoryview] | None = None  # the other block's write in flight
         flags = os.O_WRONLY | os.O_CREAT | os.O_TRUNC | os.O_CLOEXEC
         try:
             try:
                 self._fd = os.open(path, flags | (_O_DIRECT if direct else 0), 0o666)
                 if direct and _O_DIRECT:
-                    self._block = memoryview(mmap.mmap(-1, DIRECT_BLOCK))
+                    self._blocks = [memoryview(mmap.mmap(-1, DIRECT_BLOCK)) for _ in range(2)]
             except OSError as exc:
                 if not (direct and exc.errno == errno.EINVAL):
                     raise
@@ -185,17 +189,18 @@ class OutputFile:
     @property
     def direct(self) -> bool:
         """Whether bytes still bypass the page cache."""
-        return self._block is not None
+        return bool(self._blocks)
 
     def write(self, data: bytes | memoryview) -> None:
         view = memoryview(data).cast("B")
         self.size += len(view)
-        while view and self._block is not None:
-            take = min(len(view), len(self._block) - self._staged)
-            self._block[self._staged : self._staged + take] = view[:take]
+        while view and self._blocks:
+            block = self._blocks[self._current]
+            take = min(len(view), len(block) - self._staged)
+            block[self._staged : self._staged + take] = view[:take]
             self._staged += take
             view = view[take:]
-            if self._staged == len(self._block):
+            if self._staged == len(block):
                 self._flush_block()
         if view:
             self._write_all(view)
@@ -204,27 +209,51 @@ class OutputFile:
                 self._written_back = self.size
 
     def _flush_block(self) -> None:
-        assert self._block is not None
-        staged, self._staged = self._block[: self._staged], 0
-        self._write_all(staged)
+        """Hand the full block to the helper thread (after the previous one is written)."""
+        staged, self._staged = self._blocks[self._current][: self._staged], 0
+        self._finish_pending()
+        if not self._blocks:  # direct I/O was refused meanwhile
+            self._write_all(staged)
+            return
+        if self._flusher is None:
+            self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergebench-direct")
+        self._pending = (self._flusher.submit(self._write_direct, staged), staged)
+        self._current ^= 1
+
+    def _write_direct(self, view: memoryview) -> tuple[int, OSError | None]:
+        """On the helper thread: write ``view``; (bytes written, the error that stopped it or None)."""
+        done = 0
+        try:
+            while done < len(view):
+                done += os.write(self._fd, view[done:])
+        except OSError as exc:
+            return done, exc
+        return done, None
+
+    def _finish_pending(self) -> None:
+        """Wait for the block in flight; a refusal (EINVAL: the device wants another alignment) writes
+        its rest, and everything after it, through the page cache; any other error is raised."""
+        if self._pending is None:
+            return
+        (future, block), self._pending = self._pending, None
+        done, error = future.result()
+        if error is None:
+            return
+        if error.errno != errno.EINVAL:
+            raise OutputError(f"{self.path}: write failed ({_reason(error)})")
+        self._leave_direct()
+        self._write_all(block[done:])
 
     def _write_all(self, view: memoryview) -> None:
         try:
             while view:
-                try:
-                    written = os.write(self._fd, view)
-                except OSError as exc:
-                    if exc.errno != errno.EINVAL or self._block is None:
-                        raise
-                    self._leave_direct()  # the device wants another alignment: go on buffered
-                    continue
-                view = view[written:]
+                view = view[os.write(self._fd, view) :]
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
 
     def _leave_direct(self) -> None:
         """Write the rest through the page cache (the last partial block, or after a refusal)."""
-        self._block = None
+        self._blocks = []
         try:
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
         except OSError as exc:
@@ -234,10 +263,13 @@ class OutputFile:
         if self._fd < 0:
             return
         try:
-            if self._block is not None:  # the last partial block: through the page cache
-                tail = self._block[: self._staged]
-                self._leave_direct()
+            if self._blocks:  # the last partial block: through the page cache
+                tail = self._blocks[self._current][: self._staged]
+                self._finish_pending()
+                if self._blocks:
+                    self._leave_direct()
                 self._write_all(tail)
+            self._stop_flusher()
             os.fsync(self._fd)
         except OSError as exc:
             self.abort()
@@ -251,7 +283,17 @@ class OutputFile:
         except OSError as exc:
             raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
 
+    def _stop_flusher(self) -> None:
+        """Wait for a write in flight (the descriptor must outlive it) and end the helper thread."""
+        if self._pending is not None:
+            self._pending[0].exception()
+            self._pending = None
+        if self._flusher is not None:
+            self._flusher.shutdown(wait=True)
+            self._flusher = None
+
     def abort(self) -> None:
+        self._stop_flusher()
         fd, self._fd = self._fd, -1
         if fd >= 0:
             _close_quietly(fd)
