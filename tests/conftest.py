@@ -95,6 +95,20 @@ def assert_clean_failure(result: Result, *fragments: str) -> str:
     return errors[0]
 
 
+def takes_direct_io(directory: Path) -> bool:
+    """Whether files in ``directory`` can be opened with O_DIRECT: the file system decides (tmpfs
+    before Linux 6.6 and some FUSE ones refuse it); never where the OS has no such flag."""
+    flag = getattr(os, "O_DIRECT", 0)
+    probe = directory / ".direct-probe"
+    try:
+        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | flag, 0o600))
+        return bool(flag)
+    except OSError:
+        return False
+    finally:
+        probe.unlink(missing_ok=True)
+
+
 def snapshot(path: Path) -> dict[str, str]:
     """Everything at ``path``, hidden entries included: relative path → sha256, 'dir' or 'link → …'."""
     if path.is_symlink():

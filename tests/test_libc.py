@@ -15,6 +15,7 @@ import pytest
 from mergebench.io import writer
 from mergebench.io.writer import WRITEBACK_STEP, OutputFile
 from mergebench.libc import start_writeback
+from tests.conftest import takes_direct_io
 
 linux_only = pytest.mark.skipif(not sys.platform.startswith("linux"), reason="glibc / Linux calls")
 
@@ -71,18 +72,6 @@ def test_start_writeback_reaches_the_kernel_and_output_files_keep_every_byte(tmp
 O_DIRECT = getattr(os, "O_DIRECT", 0)
 
 
-def direct_io_works(directory) -> bool:
-    """Whether this file system takes O_DIRECT (tmpfs before Linux 6.6 and some FUSE ones do not)."""
-    probe = directory / "probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | O_DIRECT, 0o600))
-        return bool(O_DIRECT)
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-
-
 def opened_direct(path) -> bool:
     """Whether the kernel holds ``path`` open with O_DIRECT (read from /proc, not from our object)."""
     for fd in os.listdir("/proc/self/fd"):
@@ -110,7 +99,7 @@ def test_direct_output_files_keep_every_byte(tmp_path, monkeypatch, pieces):
     with OutputFile(path, direct=True) as handle:
         for piece in data:
             handle.write(piece)
-        assert opened_direct(path) == direct_io_works(tmp_path)
+        assert opened_direct(path) == takes_direct_io(tmp_path)
         assert handle.size == sum(pieces)
     assert path.read_bytes() == b"".join(data)
 
@@ -138,7 +127,7 @@ def test_direct_io_refused_at_open_writes_through_the_page_cache(tmp_path, monke
 def test_direct_write_refused_midway_goes_on_through_the_page_cache(tmp_path, monkeypatch):
     """A device wanting another alignment refuses a direct write (EINVAL): that block and every later
     byte are written buffered, and nothing is lost or repeated."""
-    if not direct_io_works(tmp_path):
+    if not takes_direct_io(tmp_path):
         pytest.skip("this file system takes no O_DIRECT")
     monkeypatch.setattr(writer, "DIRECT_BLOCK", BLOCK)
     real_write, direct_writes = os.write, []

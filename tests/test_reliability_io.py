@@ -30,7 +30,7 @@ import torch
 from click.testing import Result
 
 from mergebench.io import writer
-from tests.conftest import assert_clean_failure, run_cli, snapshot, write_config
+from tests.conftest import assert_clean_failure, run_cli, snapshot, takes_direct_io, write_config
 
 SHARD = "3KB"  # ~12 output shards for the tiny model below
 ENOSPC = OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
@@ -208,18 +208,6 @@ def digest(directory: Path) -> dict[str, str]:
     return {p.name: hashlib.sha256(p.read_bytes()).hexdigest() for p in sorted(directory.iterdir())}
 
 
-def supports_direct_io(directory: Path) -> bool:
-    """Whether files in ``directory`` can be opened with O_DIRECT (the file system decides)."""
-    probe = directory / ".direct-probe"
-    try:
-        os.close(os.open(probe, os.O_WRONLY | os.O_CREAT | getattr(os, "O_DIRECT", 0), 0o600))
-    except OSError:
-        return False
-    finally:
-        probe.unlink(missing_ok=True)
-    return hasattr(os, "O_DIRECT")
-
-
 @pytest.mark.parametrize(
     "scenario",
     [
@@ -261,7 +249,7 @@ def test_disk_full_at_every_output_call(models, tmp_path, fast_dir, monkeypatch,
         result = merge(config, out, *extra, shard=shard)
         assert result.exit_code == 0, result.output
     assert digest(out) == expected
-    if call == "write" and scenario.startswith("direct") and supports_direct_io(outs):
+    if call == "write" and scenario.startswith("direct") and takes_direct_io(outs):
         assert counter.direct_writes > 0
     if call == "write" and scenario == "--no-direct-io":
         assert counter.direct_writes == 0
