@@ -44,7 +44,6 @@ PARTIAL_RECORD = ".mergebench-partial.json"
 # "N.5" halfway through tensor N's bytes; it says so on stderr and waits for a line on stdin.
 PAUSE_ENV = "MERGEBENCH_TEST_PAUSE"
 _SIZE = re.compile(r"^\s*(\d+(?:\.\d+)?)\s*([kmgt]i?b?|b)?\s*$", re.IGNORECASE)
-_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs; 0 elsewhere: always buffered
 _UNITS = {"": 1, "b": 1, "k": 10**3, "m": 10**6, "g": 10**9, "t": 10**12}
 
 
@@ -145,6 +144,7 @@ WRITEBACK_STEP = 64 << 20
 # Direct I/O writes whole blocks of this many bytes (a multiple of every device's alignment) from two
 # page-aligned staging buffers; only a file's last partial block goes through the page cache.
 DIRECT_BLOCK = 8 << 20
+_O_DIRECT = getattr(os, "O_DIRECT", 0)  # Linux and some BSDs; 0 elsewhere: always buffered
 
 
 class OutputFile:
