@@ -11,6 +11,7 @@ from pathlib import Path
 
 import click
 
+from mergebench.cli_command import Command
 from mergebench.errors import ConfigError, MergebenchError, OutputError
 
 DEFAULT_DENSITIES = "0.05,0.1,0.2,0.3,0.5,0.7,0.9"  # as mergebench.analyze.DEFAULT_DENSITIES (no torch here)
@@ -42,7 +43,7 @@ def prepare_out_dir(out: Path) -> None:
         raise OutputError(f"--out {out}: cannot create the directory ({exc.strerror or exc})") from None
 
 
-@click.command(name="analyze")
+@click.command(name="analyze", cls=Command)
 @click.argument("models", nargs=-1, metavar="MODEL...")
 @click.option("--base", default=None, metavar="MODEL", help="Base model: analyze task vectors θ_i − θ_base.")
 @click.option(

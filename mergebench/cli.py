@@ -14,6 +14,7 @@ from pathlib import Path
 import click
 
 from mergebench.analyze_cli import analyze_command
+from mergebench.cli_command import Group
 from mergebench.cli_device import check_device, device_option, report_gpu_memory
 from mergebench.errors import ConfigError, MergebenchError
 from mergebench.eval_cli import eval_command, evaluate_and_print
@@ -25,7 +26,7 @@ from mergebench.version import __version__
 INTERRUPTED_EXIT_CODE = 130
 
 
-class CommandGroup(click.Group):
+class CommandGroup(Group):
     """Runs a subcommand and turns user errors into one-line messages and exit codes, never a traceback."""
 
     def invoke(self, ctx: click.Context):

@@ -9,10 +9,11 @@ from pathlib import Path
 
 import click
 
+from mergebench.cli_command import Command
 from mergebench.errors import EvalError
 
 
-@click.command(name="eval")
+@click.command(name="eval", cls=Command)
 # Paths and numbers are plain here and checked below (or by quickeval): click would report a bad one as a
 # usage error of its own, not as the one `error:` line and exit code 6 of every other eval problem.
 @click.argument("models", nargs=-1, required=True)

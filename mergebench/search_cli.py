@@ -8,10 +8,12 @@ from pathlib import Path
 
 import click
 
+from mergebench.cli_command import Command
+
 INTERRUPTED_EXIT_CODE = 130  # as the group's own Ctrl-C exit (cli.py), which this module cannot import
 
 
-@click.command(name="search")
+@click.command(name="search", cls=Command)
 @click.argument("space", type=click.Path(dir_okay=False, path_type=Path))
 @click.option(
     "--eval",

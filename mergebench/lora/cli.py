@@ -7,6 +7,7 @@ from pathlib import Path
 
 import click
 
+from mergebench.cli_command import Group
 from mergebench.cli_device import check_device, device_option, report_gpu_memory
 from mergebench.dtypes import STORAGE_CHOICES as DTYPES
 from mergebench.dtypes import torch_dtype
@@ -16,7 +17,7 @@ def _dtype(name: str | None):
     return torch_dtype(name) if name is not None else None
 
 
-@click.group("lora", context_settings={"help_option_names": ["-h", "--help"]})
+@click.group("lora", cls=Group, context_settings={"help_option_names": ["-h", "--help"]})
 def lora_group() -> None:
     """PEFT LoRA adapters: fold into a base, concatenate, extract from a finetune."""
 

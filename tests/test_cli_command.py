@@ -1,0 +1,46 @@
+"""Every subcommand imports the merge machinery with the collector paused and then freezes it
+(cli_command); help stays free of torch. Each case runs in a fresh interpreter: the freeze is once
+per process, and this test process has long imported torch."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+
+import pytest
+
+PROBE = """
+import gc, json, sys
+from mergebench.cli import main
+sys.argv = ["mergebench", *sys.argv[1:]]
+try:
+    main()
+except SystemExit:
+    pass
+state = {"torch": "torch" in sys.modules, "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}
+print("STATE " + json.dumps(state))
+"""
+
+
+def cli_state(*args: str) -> dict:
+    done = subprocess.run([sys.executable, "-c", PROBE, *args], capture_output=True, text=True, timeout=120)
+    lines = [line for line in done.stdout.splitlines() if line.startswith("STATE ")]
+    assert lines, done.stdout + done.stderr
+    return json.loads(lines[-1].removeprefix("STATE "))
+
+
+def test_a_command_freezes_its_imports_and_leaves_the_collector_on() -> None:
+    state = cli_state("methods")
+    assert state["torch"] and state["enabled"]
+    assert state["frozen"] > 50_000  # torch's objects, out of the collector's generations
+
+
+@pytest.mark.parametrize(
+    "args",
+    [("--help",), ("merge", "--help"), ("lora", "merge", "--help"), ("lora", "merge", "--no-such-flag")],
+)
+def test_help_and_usage_errors_import_no_torch(args: tuple[str, ...]) -> None:
+    """Parsed (and refused, or answered) before the command's import would run."""
+    state = cli_state(*args)
+    assert not state["torch"] and state["frozen"] == 0 and state["enabled"]
