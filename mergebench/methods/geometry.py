@@ -110,18 +110,20 @@ def read_stacked(
     inputs: TensorInputs, *, minus_base: bool, base_as_point: bool = False
 ) -> Callable[[int, int], torch.Tensor]:
     """A ``read`` for :func:`gram`: the models' slices in float64, as task vectors θ_i − θ_base when
-    ``minus_base``, with the base as one more row after them when ``base_as_point``. Each slice is
-    widened straight into its row of one float64 buffer (no per-input float64 copy, no stacking)."""
+    ``minus_base``, with the base as one more row after them when ``base_as_point``. Each slice (a task
+    vector's in the compute precision: exact for bf16/fp16 weights of like magnitude, one rounding for
+    float32 ones) is widened straight into its row of one float64 buffer, whose products are then exact:
+    one float64 pass instead of a float64 subtraction over every row (25% of the stats step)."""
 
     def read(start: int, stop: int) -> torch.Tensor:
         rows = inputs.count + (1 if base_as_point else 0)
         x = torch.empty(rows, stop - start, dtype=torch.float64, device=inputs.device)
+        base = inputs.base(start, stop) if minus_base or base_as_point else None
         for i in range(inputs.count):
-            x[i].copy_(inputs.model(i, start, stop))
+            model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
+            x[i].copy_(model - base if minus_base else model)
         if base_as_point:
-            x[inputs.count].copy_(inputs.base(start, stop))
-        if minus_base:
-            x.sub_(inputs.base(start, stop))  # float64 arithmetic: the base is widened in the op
+            x[inputs.count].copy_(base)
         return x
 
     return read
