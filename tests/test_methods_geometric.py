@@ -209,6 +209,15 @@ def test_multislerp_edge_cases():
         call("multislerp", [a, b], base, weight=[1.0, -1.0])
 
 
+def test_multislerp_nearly_opposite_task_vectors_sum_entry_by_entry():
+    """m nearly cancels (‖m‖² ~1e-8 of Σ s_i²‖τ_i‖²): read off the Gram matrix, ‖m‖ would keep only
+    ~8 digits; summed entry by entry (the fallback below CANCELLATION_FLOOR) it matches the reference."""
+    base, (a, nudge) = family((16, 9), 2)
+    models = [a, 2 * base - a + 1e-4 * (nudge - base)]
+    expected = ref.multislerp(np_(models), base.numpy(), [1.0, 1.0])
+    close(call("multislerp", models, base, weight=[1.0, 1.0]), expected)
+
+
 # ---------------------------------------------------------------------------------------------------
 # karcher
 

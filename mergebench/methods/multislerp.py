@@ -22,28 +22,39 @@ def multislerp_weights(weight: Sequence[float], normalize_weights: bool) -> list
     return [w / total for w in weight]
 
 
+# ‖m‖² read off the Gram matrix (sᵀGs) unless it is below this fraction of Σ s_i²·G_ii: there the terms
+# cancel, and m is summed entry by entry instead (an exact 0 for exactly opposite vectors, no
+# cancellation error). Above it, sᵀGs carries at most ~k/CANCELLATION_FLOOR times the rounding of the
+# float64 sums themselves (relative ~1e-12 here): far below what a float32 or bf16 result can show.
+CANCELLATION_FLOOR = 1e-3
+
+
 def multislerp_stats(
     inputs: TensorInputs, *, weight: Sequence[float], normalize_weights: bool, eps: float
 ) -> list[float] | None:
     """The coefficients c_i of θ = [θ_base +] Σ c_i·τ_i (None for a single model).
 
-    Two float64 passes: the norms ‖τ_i‖, then ‖m‖ of m = Σ w_i·τ_i/(‖τ_i‖ + eps), summed entry by
-    entry so that cancelling vectors give exactly 0 (no Gram-matrix cancellation).
+    One float64 pass gives the Gram matrix G of the task vectors: the norms ‖τ_i‖ = √G_ii and ‖m‖² =
+    sᵀGs for m = Σ s_i·τ_i, s_i = w_i/(‖τ_i‖ + eps). Where sᵀGs cancels (``CANCELLATION_FLOOR``), a
+    second pass sums m entry by entry, so that cancelling vectors give exactly 0.
     """
     if inputs.count == 1:
         return None
     w = multislerp_weights(weight, normalize_weights)
     read = read_stacked(inputs, minus_base=inputs.has_base)
-    norms = gram(inputs.numel, Vectors.whole(), read)[0].diagonal().sqrt().tolist()
+    g = gram(inputs.numel, Vectors.whole(), read)[0].cpu()
+    norms = g.diagonal().sqrt().tolist()
     # u_i = τ_i / (‖τ_i‖ + eps); a zero τ_i has u_i = 0 even with eps = 0 (mergekit: NaN)
     floors = [n + eps for n in norms]
     scales = torch.tensor(
         [wi / f if f > 0 else 0.0 for wi, f in zip(w, floors, strict=True)], dtype=torch.float64
     )
-    square = 0.0
-    for start in range(0, inputs.numel, STATS_CHUNK):
-        x = read(start, min(start + STATS_CHUNK, inputs.numel))
-        square += float((scales.to(x.device) @ x).square().sum())
+    square = float(scales @ g @ scales)
+    if square < CANCELLATION_FLOOR * float(scales.square() @ g.diagonal()):
+        square = 0.0
+        for start in range(0, inputs.numel, STATS_CHUNK):
+            x = read(start, min(start + STATS_CHUNK, inputs.numel))
+            square += float((scales.to(x.device) @ x).square().sum())
     mean_norm = math.sqrt(square)
     if mean_norm < eps or mean_norm == 0:
         return w  # the weighted sum: mergekit's fallback for two models (it raises for more)
