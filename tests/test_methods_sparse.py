@@ -17,6 +17,7 @@ from mergebench.errors import ConfigError
 from mergebench.io.writer import TensorSpec
 from mergebench.methods import get_method
 from mergebench.methods.della import della_param_problems
+from mergebench.methods.sce import variance as sce_variance
 from mergebench.methods.sparsify import fraction_count, keep_count, magnitude_mask, uniforms
 from mergebench.planner import Merge
 from tests import reference_sparse as ref
@@ -179,6 +180,28 @@ def test_sce_exact_with_variance_ties(tied, select_topk):
     np.testing.assert_allclose(
         out.numpy(), ref.sce(base.numpy(), np_(models), select_topk), rtol=1e-13, atol=1e-13
     )
+
+
+@pytest.mark.parametrize("count", [2, 3])
+def test_sce_variance_is_the_float64_population_variance_rounded_once(count):
+    """Per entry, numpy's population variance across the task vectors in float64, rounded once to
+    float32, bit for bit: for two task vectors (the closed form) as for more, over magnitudes from
+    1e-30 to 1e30 and edge values (zeros, subnormals, overflow to inf)."""
+    rng = np.random.default_rng(5)
+    edges = np.array([0.0, -0.0, 1e-45, 3e38, -3e38, 1.0, 1e-30, 1 + 2**-23], dtype=np.float32)
+    deltas = [
+        np.concatenate(
+            [
+                rng.standard_normal(4096).astype(np.float32) * 10.0 ** rng.integers(-30, 30, 4096),
+                np.roll(edges, i),
+            ]
+        ).astype(np.float32)
+        for i in range(count)
+    ]
+    with np.errstate(over="ignore"):
+        expected = np.var(np.stack(deltas).astype(np.float64), axis=0).astype(np.float32)
+    got = sce_variance([torch.from_numpy(delta) for delta in deltas])
+    np.testing.assert_array_equal(got.numpy(), expected)
 
 
 def test_sce_one_model(trio):

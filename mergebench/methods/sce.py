@@ -41,7 +41,14 @@ class SceStats(NamedTuple):
 
 def variance(deltas: Sequence[torch.Tensor]) -> torch.Tensor:
     """Population variance across the task vectors, per entry: Σ (τ_i − τ̄)² / N in float64, rounded
-    once to the task vectors' dtype. Elementwise only, so any slice gives the same bits."""
+    once to the task vectors' dtype. Elementwise only, so any slice gives the same bits.
+
+    Two task vectors (the common case) take the closed form ((τ_1 − τ_2)/2)²: the general form's
+    float64 value (its differences, halving and doubling are exact for float32 task vectors within
+    2²⁹ of each other), in 5 passes instead of ~12 — 0.18 vs 0.74 ms per 256K entries here."""
+    if len(deltas) == 2:
+        wide = deltas[0].to(torch.float64, copy=True).sub_(deltas[1])
+        return wide.square_().mul_(0.25).to(deltas[0].dtype)
     wide = [delta.to(torch.float64) for delta in deltas]
     mean = wide[0].clone()
     for delta in wide[1:]:
