@@ -52,6 +52,9 @@ tree, since a working tree caught mid-edit may not even import):
     # the 13 newer methods against mergekit: smoke test, then the full run
     .venv/bin/python tools/bench.py --quick --mergekit --methods new
     .venv/bin/python tools/bench.py --contenders mergebench@HEAD --mergekit --methods new --quiet-wait 10
+    # every method against an earlier revision, timing the buffered and the O_DIRECT floor alike
+    .venv/bin/python tools/bench.py --contenders mergebench@HEAD --rev 407c6e1 --methods all \\
+        --floor-writes both --quiet-wait 10
 
 Plain ``mergebench`` (the default contender) is this checkout's working tree, snapshotted at start.
 Other knobs: ``--device cuda`` (mergebench --device cuda, mergekit --cuda, PEFT's model moved to the
