@@ -216,11 +216,12 @@ class OutputFile:
             return
         if self._flusher is None:
             self._flusher = ThreadPoolExecutor(max_workers=1, thread_name_prefix="mergebench-direct")
-        self._pending = (self._flusher.submit(self._write_direct, staged), staged)
+        self._pending = (self._flusher.submit(self._write_out, staged), staged)
         self._current ^= 1
 
-    def _write_direct(self, view: memoryview) -> tuple[int, OSError | None]:
-        """On the helper thread: write ``view``; (bytes written, the error that stopped it or None)."""
+    def _write_out(self, view: memoryview) -> tuple[int, OSError | None]:
+        """Write ``view`` (on the helper thread, or the caller's): (bytes written, the error that
+        stopped it or None), so the caller decides what a refusal means."""
         done = 0
         try:
             while done < len(view):
@@ -239,16 +240,17 @@ class OutputFile:
         if error is None:
             return
         if error.errno != errno.EINVAL:
-            raise OutputError(f"{self.path}: write failed ({_reason(error)})")
+            raise self._failed(error)
         self._leave_direct()
         self._write_all(block[done:])
 
     def _write_all(self, view: memoryview) -> None:
-        try:
-            while view:
-                view = view[os.write(self._fd, view) :]
-        except OSError as exc:
-            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+        _, error = self._write_out(view)
+        if error is not None:
+            raise self._failed(error)
+
+    def _failed(self, exc: OSError) -> OutputError:
+        return OutputError(f"{self.path}: write failed ({_reason(exc)})")
 
     def _leave_direct(self) -> None:
         """Write the rest through the page cache (the last partial block, or after a refusal)."""
@@ -256,7 +258,7 @@ class OutputFile:
         try:
             fcntl.fcntl(self._fd, fcntl.F_SETFL, fcntl.fcntl(self._fd, fcntl.F_GETFL) & ~_O_DIRECT)
         except OSError as exc:
-            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+            raise self._failed(exc) from None
 
     def close(self) -> None:
         if self._fd < 0:
@@ -272,7 +274,7 @@ class OutputFile:
             os.fsync(self._fd)
         except OSError as exc:
             self.abort()
-            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+            raise self._failed(exc) from None
         except OutputError:
             self.abort()
             raise
@@ -280,7 +282,7 @@ class OutputFile:
         try:
             os.close(fd)
         except OSError as exc:
-            raise OutputError(f"{self.path}: write failed ({_reason(exc)})") from None
+            raise self._failed(exc) from None
 
     def _stop_flusher(self) -> None:
         """Wait for a write in flight (the descriptor must outlive it) and end the helper thread."""
