@@ -1,4 +1,4 @@
-"""Every subcommand imports the merge machinery with the collector paused and then freezes it
+"""Every subcommand imports torch with the collector paused and then freezes it
 (cli_command); help stays free of torch. Each case runs in a fresh interpreter: the freeze is once
 per process, and this test process has long imported torch."""
 
