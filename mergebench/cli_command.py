@@ -1,7 +1,7 @@
 """The click command class of every subcommand: torch is imported once, with Python's cyclic garbage
 collector paused, and what it created is then frozen out of the collector's way.
 
-Every command needs torch, which brings ~170K long-lived objects. Collected while they arrive they
+Every command needs torch, which brings ~165K long-lived objects. Collected while they arrive they
 cost ~0.15 s of collections; left in the collector's generations, each later full collection, and
 the ones at interpreter exit, walks them all again. Frozen (``gc.freeze``), they are skipped: on a
 2-core VM a 3-model model_stock merge of 0.85B models went from 4.93 to 4.35 s (median of 5
