@@ -2,12 +2,17 @@
 
 from __future__ import annotations
 
+import threading
+import time
+from concurrent.futures import ThreadPoolExecutor
+
 import pytest
 import torch
 
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
 from mergebench.methods import all_methods, get_method
+from mergebench.methods.registry import TensorInputs, in_order
 from mergebench.planner import Merge
 
 PARAMS = {
@@ -224,3 +229,76 @@ def test_many_workers_longer_chunks_give_the_same_bytes(monkeypatch, method_name
     long = execute.run_op(job, list(inputs), chunk=many)
     assert torch.equal(short, long)
     assert bool(long.float().abs().sum() > 0)  # a real output, not two empty ones
+
+
+def test_helpers_map_returns_every_result_in_order_from_several_threads():
+    """``ChunkHelpers.map`` (how a stats step's slices reach idle cores) shares the items among threads
+    and still returns ``[f(item) for item in items]``."""
+    helpers = execute.ChunkHelpers(4)
+
+    def square(item: int) -> tuple[int, str]:
+        time.sleep(0.005)  # long enough that the helper threads all start
+        return item * item, threading.current_thread().name
+
+    try:
+        with helpers:
+            results = helpers.map(square, range(64))
+    finally:
+        helpers.shutdown()
+    assert [value for value, _ in results] == [i * i for i in range(64)]
+    assert len({thread for _, thread in results}) > 1
+
+
+def backwards_on_threads(function, items):
+    """A Mapper that starts the last item first, on four threads, and returns the results in order."""
+    with ThreadPoolExecutor(4) as pool:
+        futures = [pool.submit(function, item) for item in reversed(items)][::-1]
+        return [future.result() for future in futures]
+
+
+def same_stats(a, b) -> bool:
+    """Bitwise equality of two stats results (tensors, floats and nested tuples/lists of them)."""
+    if isinstance(a, torch.Tensor):
+        return isinstance(b, torch.Tensor) and a.dtype == b.dtype and torch.equal(a, b)
+    if isinstance(a, (list, tuple)):
+        return (
+            type(a) is type(b)
+            and len(a) == len(b)
+            and all(same_stats(x, y) for x, y in zip(a, b, strict=True))
+        )
+    return type(a) is type(b) and a == b
+
+
+# Parameters that make a stats step do its whole-tensor work (their defaults skip part of it) or take
+# its other vector layouts.
+STATS_CASES = [(name, {}) for name, m in sorted(all_methods().items()) if m.stats is not None] + [
+    ("sce", {"select_topk": 0.3}),
+    ("breadcrumbs", {"rescale": True}),
+    ("della", {"rescale_l1": True}),
+    ("model_stock", {"filter_wise": True}),
+    ("nuslerp", {"nuslerp_flatten": False}),
+    ("nuslerp", {"nuslerp_flatten": False, "nuslerp_row_wise": True}),
+]
+
+
+@pytest.mark.parametrize(("method_name", "overrides"), STATS_CASES)
+def test_stats_do_not_depend_on_how_their_slices_are_run(method_name, overrides):
+    """A stats step's whole-tensor quantities are per-slice results folded in slice order, so running
+    the slices on four threads, last first (as idle cores may), gives bit-identical statistics."""
+    job, inputs = elementwise_job(method_name, (1100, 1024), seed=5)  # > 2²⁰ entries: ≥ 5 slices
+    # task vectors as large as the weights (angles well apart), rows scaled from 1e-3 to 1e3: float sums
+    # of the slices then depend on the order they are added in
+    generator = torch.Generator().manual_seed(8)
+    scale = torch.logspace(-3, 3, 1100).unsqueeze(1)
+    inputs = [((t.float() + torch.randn(t.shape, generator=generator)) * scale).to(t.dtype) for t in inputs]
+    method = job.method
+    keywords = method.keywords({**job.params, **overrides})
+    split = 1 if job.base is not None else 0
+
+    def stats(mapper):
+        view = TensorInputs(
+            inputs[split:], inputs[0] if split else None, lambda t: t.float(), name="t", seed=3, map=mapper
+        )
+        return method.stats(view, **keywords)
+
+    assert same_stats(stats(in_order), stats(backwards_on_threads))

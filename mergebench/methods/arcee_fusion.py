@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
+from mergebench.methods.registry import Mapper, Piece, TensorInputs, in_order, merge_method, whole_rows_length
 from mergebench.methods.selection import compared, top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
@@ -38,13 +38,13 @@ def flat_importance(model: torch.Tensor, base: torch.Tensor, shape: Sequence[int
     return scores.reshape(-1).to(model.device)
 
 
-def order_statistic(values: torch.Tensor, k: int) -> float:
+def order_statistic(values: torch.Tensor, k: int, map: Mapper = in_order) -> float:
     """The (k + 1)-th smallest of a 1-D tensor: ``kthvalue(k + 1)``, but on large tensors through the
     sampled bracket of ``top_k_cut`` (the (n − k)-th largest), which is exact and copies no tensor."""
     n = values.numel()
     if n <= 1 << 20 or k == 0:
         return float(values.kthvalue(k + 1).values)
-    return top_k_cut(values, n - k)[0]
+    return top_k_cut(values, n - k, map)[0]
 
 
 def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
@@ -56,14 +56,15 @@ def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
     if not n:
         return None
     scores = inputs.workspace()[:n]
-    rows = whole_rows_length(row_length(inputs.shape), BLOCK)
-    for start in range(0, n, rows):
-        stop = min(start + rows, n)
+
+    def score(start: int, stop: int) -> None:
         scores[start:stop] = flat_importance(
             inputs.model(0, start, stop), inputs.base(start, stop), inputs.shape
         )
+
+    inputs.slices(score, whole_rows_length(row_length(inputs.shape), BLOCK))
     last = n - 1
-    q1, median, q3 = (order_statistic(scores, k) for k in (last // 4, last // 2, 3 * last // 4))
+    q1, median, q3 = (order_statistic(scores, k, inputs.map) for k in (last // 4, last // 2, 3 * last // 4))
     return compared(scores, operator.ge, median + 1.5 * (q3 - q1))
 
 

@@ -21,7 +21,6 @@ from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
     LAMBDA,
-    STATS_CHUNK,
     WEIGHT,
     Param,
     Piece,
@@ -65,25 +64,36 @@ def breadcrumbs_stats(
         if d >= 1.0:
             bands.append(None)  # mergekit returns τ untouched (gamma and rescale included)
             continue
-        if magnitude is None:
-            magnitude = inputs.workspace()
-        for start in range(0, n, STATS_CHUNK):
-            stop = min(start + STATS_CHUNK, n)
-            torch.sub(
-                inputs.model(index, start, stop), inputs.base(start, stop), out=magnitude[start:stop]
-            ).abs_()
+        magnitude = _magnitudes(inputs, index, inputs.workspace() if magnitude is None else magnitude)
         keep = fraction_count(n, d)
         top = min(fraction_count(n, g), n - keep)
-        band = Band(top_k_cut(magnitude, top), top_k_cut(magnitude, top + keep), 1.0)
+        band = Band(top_k_cut(magnitude, top, inputs.map), top_k_cut(magnitude, top + keep, inputs.map), 1.0)
         if rescale:
             before = float(magnitude.sum(dtype=torch.float64))
-            after = 0.0
-            for start in range(0, n, STATS_CHUNK):
-                part = magnitude[start : start + STATS_CHUNK]
-                after += float((part * band_mask(part, band, start)).sum(dtype=torch.float64))
+            after = _kept_l1(inputs, magnitude, band)
             band = band._replace(scale=l1_rescale(before, after))
         bands.append(band)
     return bands
+
+
+def _magnitudes(inputs: TensorInputs, index: int, out: torch.Tensor) -> torch.Tensor:
+    """|τ_index| of the whole tensor, into ``out`` slice by slice."""
+
+    def fill(start: int, stop: int) -> None:
+        torch.sub(inputs.model(index, start, stop), inputs.base(start, stop), out=out[start:stop]).abs_()
+
+    inputs.slices(fill)
+    return out
+
+
+def _kept_l1(inputs: TensorInputs, magnitude: torch.Tensor, band: Band) -> float:
+    """‖τ̂‖₁: the band's share of |τ|, float64 sums per slice added in slice order."""
+
+    def kept(start: int, stop: int) -> float:
+        part = magnitude[start:stop]
+        return float((part * band_mask(part, band, start)).sum(dtype=torch.float64))
+
+    return sum(inputs.slices(kept), 0.0)
 
 
 def sparsified(

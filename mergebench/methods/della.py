@@ -163,12 +163,16 @@ def magprune(
     return delta * keep
 
 
-def row_blocks(numel: int, shape: Sequence[int]) -> list[tuple[int, int]]:
-    """[start, stop) blocks of whole rows covering the first ``numel`` entries (a whole number of rows),
-    each about BLOCK entries, so MAGPRUNE's sorts and temporaries stay small."""
+def block_length(shape: Sequence[int]) -> int:
+    """Entries of a block of whole rows, about BLOCK: MAGPRUNE's sorts and temporaries stay small."""
     _, m, inner = row_layout(shape)
-    per_block = whole_rows_length(m * inner, BLOCK)
-    return [(start, min(start + per_block, numel)) for start in range(0, numel, per_block)]
+    return whole_rows_length(m * inner, BLOCK)
+
+
+def row_blocks(numel: int, shape: Sequence[int]) -> list[tuple[int, int]]:
+    """[start, stop) blocks of whole rows covering the first ``numel`` entries (a whole number of rows)."""
+    step = block_length(shape)
+    return [(start, min(start + step, numel)) for start in range(0, numel, step)]
 
 
 def della_stats(
@@ -185,19 +189,27 @@ def della_stats(
     scales = [1.0] * len(density)
     if not (rescale and rescale_l1):
         return scales
+    for index, (d, e) in enumerate(zip(density, epsilon, strict=True)):
+        if d < 1.0:
+            scales[index] = l1_rescale(*_l1_norms(inputs, index, d, e))
+    return scales
+
+
+def _l1_norms(inputs: TensorInputs, index: int, density: float, epsilon: float) -> tuple[float, float]:
+    """(‖τ_index‖₁, ‖MAGPRUNE(τ_index)‖₁) over the whole tensor: float64 sums per block of whole rows,
+    added in block order."""
     _, m, inner = row_layout(inputs.shape)
     key = (inputs.seed, inputs.name)
-    for index, (d, e) in enumerate(zip(density, epsilon, strict=True)):
-        if d >= 1.0:
-            continue
-        before = after = 0.0
-        for start, stop in row_blocks(inputs.numel, inputs.shape):
-            delta = inputs.model(index, start, stop) - inputs.base(start, stop)
-            kept = magprune(delta.view(-1, m, inner), d, e, key, index, start, divide=False)
-            before += float(delta.abs().sum(dtype=torch.float64))
-            after += float(kept.abs().sum(dtype=torch.float64))
-        scales[index] = l1_rescale(before, after)
-    return scales
+
+    def norms(start: int, stop: int) -> tuple[float, float]:
+        delta = inputs.model(index, start, stop) - inputs.base(start, stop)
+        kept = magprune(delta.view(-1, m, inner), density, epsilon, key, index, start, divide=False)
+        return float(delta.abs().sum(dtype=torch.float64)), float(kept.abs().sum(dtype=torch.float64))
+
+    before = after = 0.0
+    for block_before, block_after in inputs.slices(norms, block_length(inputs.shape)):
+        before, after = before + block_before, after + block_after
+    return before, after
 
 
 def della(

@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergebench.methods.registry import STATS_CHUNK, TensorInputs
+from mergebench.methods.registry import STATS_CHUNK, Mapper, TensorInputs, in_order
 
 
 @dataclass(frozen=True)
@@ -57,41 +57,42 @@ class Vectors:
         return values.to(device=like.device, dtype=like.dtype)[index].reshape(like.shape)
 
 
-def gram(numel: int, vectors: Vectors, read: Callable[[int, int], torch.Tensor]) -> torch.Tensor:
+def gram(
+    numel: int, vectors: Vectors, read: Callable[[int, int], torch.Tensor], map: Mapper = in_order
+) -> torch.Tensor:
     """G[v, i, k] = Σ x_i[e]·x_k[e] over the entries e of vector v, accumulated in float64.
 
     ``read(start, stop)`` returns the (N, stop − start) float64 slice of the N inputs. Slices hold
-    whole vectors (rows) or whole periods of interleaved ones (columns), at most ~STATS_CHUNK entries.
+    whole vectors (rows) or whole periods of interleaved ones (columns), at most ~STATS_CHUNK entries;
+    ``map`` computes their products (``TensorInputs.map``: on idle cores), summed in slice order.
     """
     count, stride = vectors.count, vectors.stride
     if numel == 0:
         n = read(0, 0).shape[0]
         return torch.zeros(count, n, n, dtype=torch.float64)
-    if count == 1:
-        total = None
-        for start in range(0, numel, STATS_CHUNK):
-            x = read(start, min(start + STATS_CHUNK, numel))
-            part = x @ x.T
-            total = part if total is None else total + part
-        return total.unsqueeze(0)
-    if count * stride == numel:  # contiguous vectors of ``stride`` entries
-        step = max(1, STATS_CHUNK // stride)
-        parts = []
-        for first in range(0, count, step):
-            last = min(first + step, count)
-            x = read(first * stride, last * stride)
-            parts.append(_pairwise(x.reshape(x.shape[0], last - first, stride), rows=True))
+    layout: tuple[int, bool] | None = None  # (vector length or period, rows?) for _pairwise
+    step = STATS_CHUNK
+    if count > 1 and count * stride == numel:  # contiguous vectors of ``stride`` entries
+        layout, step = (stride, True), max(1, STATS_CHUNK // stride) * stride
+    elif count > 1:
+        assert stride == 1 and numel % count == 0, (count, stride, numel)
+        layout, step = (count, False), max(1, STATS_CHUNK // count) * count
+
+    def products(span: tuple[int, int]) -> torch.Tensor:
+        x = read(*span)
+        if layout is None:
+            return x @ x.T
+        length, rows = layout
+        return _pairwise(x.reshape(x.shape[0], -1, length), rows=rows)
+
+    spans = [(start, min(start + step, numel)) for start in range(0, numel, step)]
+    parts = map(products, spans)
+    if layout is not None and layout[1]:
         return torch.cat(parts)
-    assert stride == 1 and numel % count == 0, (count, stride, numel)
-    step = max(1, STATS_CHUNK // count)
-    periods = numel // count
-    total = None
-    for first in range(0, periods, step):
-        last = min(first + step, periods)
-        x = read(first * count, last * count)
-        part = _pairwise(x.reshape(x.shape[0], last - first, count), rows=False)
-        total = part if total is None else total + part
-    return total
+    total = parts[0]
+    for part in parts[1:]:
+        total = total + part
+    return total if count > 1 else total.unsqueeze(0)
 
 
 def _pairwise(x: torch.Tensor, *, rows: bool) -> torch.Tensor:

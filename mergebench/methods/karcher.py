@@ -66,7 +66,9 @@ def karcher_stats(inputs: TensorInputs, *, max_iter: float, tol: float) -> list[
         return None
     read = read_stacked(inputs, minus_base=False, base_as_point=inputs.has_base)
     # the Gram matrix comes from the inputs' device; the iteration on it is a few scalars: CPU float64
-    return karcher_coefficients(gram(inputs.numel, Vectors.whole(), read)[0].cpu(), int(max_iter), tol)
+    return karcher_coefficients(
+        gram(inputs.numel, Vectors.whole(), read, inputs.map)[0].cpu(), int(max_iter), tol
+    )
 
 
 @merge_method(

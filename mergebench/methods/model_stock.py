@@ -43,7 +43,7 @@ def model_stock_stats(inputs: TensorInputs, *, filter_wise: bool) -> torch.Tenso
             f"merge_method 'model_stock' needs at least 2 models besides base_model, got {inputs.count}"
         )
     vectors = stock_vectors(inputs.shape, filter_wise)
-    return stock_ratio(gram(inputs.numel, vectors, read_stacked(inputs, minus_base=True)))
+    return stock_ratio(gram(inputs.numel, vectors, read_stacked(inputs, minus_base=True), inputs.map))
 
 
 @merge_method(

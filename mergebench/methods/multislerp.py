@@ -10,7 +10,7 @@ import torch
 
 from mergebench.errors import ConfigError
 from mergebench.methods.geometry import Vectors, gram, read_stacked
-from mergebench.methods.registry import STATS_CHUNK, WEIGHT, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.registry import WEIGHT, Param, Piece, TensorInputs, merge_method
 
 
 def multislerp_weights(weight: Sequence[float], normalize_weights: bool) -> list[float]:
@@ -42,7 +42,7 @@ def multislerp_stats(
         return None
     w = multislerp_weights(weight, normalize_weights)
     read = read_stacked(inputs, minus_base=inputs.has_base)
-    g = gram(inputs.numel, Vectors.whole(), read)[0].cpu()
+    g = gram(inputs.numel, Vectors.whole(), read, inputs.map)[0].cpu()
     norms = g.diagonal().sqrt().tolist()
     # u_i = τ_i / (‖τ_i‖ + eps); a zero τ_i has u_i = 0 even with eps = 0 (mergekit: NaN)
     floors = [n + eps for n in norms]
@@ -51,10 +51,12 @@ def multislerp_stats(
     )
     square = float(scales @ g @ scales)
     if square < CANCELLATION_FLOOR * float(scales.square() @ g.diagonal()):
-        square = 0.0
-        for start in range(0, inputs.numel, STATS_CHUNK):
-            x = read(start, min(start + STATS_CHUNK, inputs.numel))
-            square += float((scales.to(x.device) @ x).square().sum())
+
+        def squared_norm(start: int, stop: int) -> float:
+            x = read(start, stop)
+            return float((scales.to(x.device) @ x).square().sum())
+
+        square = sum(inputs.slices(squared_norm))  # the slices' sums added in slice order
     mean_norm = math.sqrt(square)
     if mean_norm < eps or mean_norm == 0:
         return w  # the weighted sum: mergekit's fallback for two models (it raises for more)

@@ -54,7 +54,7 @@ def nuslerp_stats(
 ) -> torch.Tensor:
     """(a, b) per vector, from the float64 Gram matrices of the two models (or task vectors)."""
     vectors = nuslerp_vectors(inputs.shape, nuslerp_row_wise, nuslerp_flatten)
-    g = gram(inputs.numel, vectors, read_stacked(inputs, minus_base=inputs.has_base))
+    g = gram(inputs.numel, vectors, read_stacked(inputs, minus_base=inputs.has_base), inputs.map)
     return slerp_coefficients(g, nuslerp_factor(weight), inputs.model(0, 0, 0).dtype)
 
 

@@ -10,7 +10,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from mergebench.methods.registry import STATS_CHUNK, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import compared, numpy_view
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
@@ -97,12 +97,14 @@ def overlap_counts(
 def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: float) -> list[float]:
     """λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = #(entries i shares with another) / max(#(entries only i changed), ε),
     counted over the whole tensor (tensor-local)."""
+
+    def counts(start: int, stop: int) -> tuple[list[int], list[int]]:
+        models = [inputs.model(i, start, stop) for i in range(inputs.count)]
+        return overlap_counts(models, inputs.base(start, stop), epsilon)
+
     shared = [0] * inputs.count
     unique = [0] * inputs.count
-    for start in range(0, inputs.numel, STATS_CHUNK):
-        stop = min(start + STATS_CHUNK, inputs.numel)
-        models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        shared_here, unique_here = overlap_counts(models, inputs.base(start, stop), epsilon)
+    for shared_here, unique_here in inputs.slices(counts):
         shared = [total + count for total, count in zip(shared, shared_here, strict=True)]
         unique = [total + count for total, count in zip(unique, unique_here, strict=True)]
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]

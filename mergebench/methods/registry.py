@@ -26,7 +26,7 @@ import keyword
 import math
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import torch
 
@@ -97,6 +97,15 @@ class Piece:
 # so it is one value for every method and machine).
 STATS_CHUNK = 1 << 18
 
+Item, Result = TypeVar("Item"), TypeVar("Result")
+# map(function, items) → [function(item) for item in items], in items' order, however it is computed
+Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
+
+
+def in_order(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
+    """The sequential ``Mapper``: each item in turn, on the calling thread."""
+    return [function(item) for item in items]
+
 
 class TensorInputs:
     """A stats step's view of one output tensor's whole inputs, read in the compute precision.
@@ -105,6 +114,8 @@ class TensorInputs:
     already converted), so a stats step can walk a tensor of any size in small slices; ``workspace()``
     lends one tensor-sized scratch buffer (the executor recycles it). ``name`` and ``seed`` are the
     output tensor's, as in ``Piece`` (a randomized method's stats step draws what its pieces draw).
+    ``map`` is how ``slices`` (and the selection and Gram helpers a step hands it to) run independent
+    per-slice work: in order on this thread by default, on the executor's idle cores when it has them.
     """
 
     def __init__(
@@ -116,8 +127,10 @@ class TensorInputs:
         *,
         name: str = "tensor",
         seed: int = 0,
+        map: Mapper = in_order,
     ) -> None:
         self.name = name
+        self.map = map
         self.seed = seed
         self.shape = tuple((base if base is not None else models[0]).shape)  # the whole tensor's shape
         self.has_base = base is not None
@@ -129,6 +142,19 @@ class TensorInputs:
         self.count = len(self._models)
         self._convert = convert
         self.workspace = workspace or (lambda: torch.empty_like(reference))
+
+    def slices(
+        self, function: Callable[[int, int], Result], step: int = STATS_CHUNK, numel: int | None = None
+    ) -> list[Result]:
+        """``function(start, stop)`` for consecutive slices [start, stop) of ``step`` entries covering
+        the first ``numel`` entries (default: the tensor), results in slice order.
+
+        Slices may run on several threads at once: ``function`` writes only its own slice of shared
+        memory, and whole-tensor sums fold the results in slice order afterwards, so a statistic is the
+        same value however many threads computed it."""
+        numel = self.numel if numel is None else numel
+        spans = [(start, min(start + step, numel)) for start in range(0, numel, step)]
+        return self.map(lambda span: function(*span), spans)
 
     def model(self, index: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
         """Flat positions start, start + step, … below stop of model ``index``, converted."""

@@ -21,7 +21,7 @@ from typing import NamedTuple
 
 import torch
 
-from mergebench.methods.registry import INT8_MASK, STATS_CHUNK, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import top_k_cut
 from mergebench.methods.sparsify import fraction_count, trim_mask
 
@@ -82,26 +82,29 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
     selected = None
     if select_topk < 1.0:
         var = inputs.workspace()
-        nonzero = 0
-        for start in range(0, n, STATS_CHUNK):
-            stop = min(start + STATS_CHUNK, n)
+
+        def fill(start: int, stop: int) -> int:
             var[start:stop] = variance(_deltas(inputs, start, stop))
-            nonzero += int(torch.count_nonzero(var[start:stop]))
-        select = top_k_cut(var, fraction_count(nonzero, select_topk))
+            return int(torch.count_nonzero(var[start:stop]))
+
+        nonzero = sum(inputs.slices(fill))
+        select = top_k_cut(var, fraction_count(nonzero, select_topk), inputs.map)
         selected = torch.empty(n, dtype=torch.bool, device=var.device)
-        for start in range(0, n, STATS_CHUNK):
-            selected[start : start + STATS_CHUNK] = trim_mask(
-                var[start : start + STATS_CHUNK], *select, start
-            )
-    energy = [0.0] * inputs.count
-    for start in range(0, n, STATS_CHUNK):
-        stop = min(start + STATS_CHUNK, n)
+
+        def mark(start: int, stop: int) -> None:
+            selected[start:stop] = trim_mask(var[start:stop], *select, start)
+
+        inputs.slices(mark)
+
+    def energies(start: int, stop: int) -> list[float]:
         deltas = _deltas(inputs, start, stop)
         if selected is not None:
             deltas = [delta * selected[start:stop] for delta in deltas]
-        for index, delta in enumerate(deltas):
-            wide = delta.to(torch.float64)
-            energy[index] += float(wide @ wide)
+        return [float(wide @ wide) for wide in (delta.to(torch.float64) for delta in deltas)]
+
+    energy = [0.0] * inputs.count
+    for part in inputs.slices(energies):  # summed in slice order: one value however it was computed
+        energy = [total + e for total, e in zip(energy, part, strict=True)]
     return SceStats(selected, sce_weights([e / max(n, 1) for e in energy]))
 
 

@@ -17,6 +17,8 @@ from typing import Any
 import numpy as np
 import torch
 
+from mergebench.methods.registry import Mapper, in_order
+
 SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
 BRACKET = 0.01  # quantile half-width of the bracket
 SLICE = 1 << 18  # entries of a materialised tensor counted at a time: the masks stay in cache
@@ -64,15 +66,21 @@ def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torc
 
 
 def streamed_top_k_cut(
-    values: Values, n: int, k: int, materialize: Callable[[], torch.Tensor], step: int
+    values: Values,
+    n: int,
+    k: int,
+    materialize: Callable[[], torch.Tensor],
+    step: int,
+    map: Mapper = in_order,
 ) -> tuple[float, int]:
     """(threshold, cutoff) keeping exactly the k largest of n values: |x| > threshold, plus entries
     equal to the threshold up to flat index ``cutoff`` (ties broken toward lower index).
 
     ``values(start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
     ``values(0, n, stride)``, the count walks slices ``values(a, b, 1)``);
-    ``step`` is the slice length to walk with; ``materialize()`` returns all n values as one tensor,
-    used only when the sampled bracket misses.
+    ``step`` is the slice length to walk with, ``map`` how the slices are counted (``TensorInputs.map``:
+    on idle cores); ``materialize()`` returns all n values as one tensor, used only when the sampled
+    bracket misses.
     """
     if k >= n:
         return float("-inf"), -1
@@ -84,24 +92,22 @@ def streamed_top_k_cut(
         sample = values(0, n, stride).float()
         q = 1.0 - k / n
         lo, hi = _quantiles(sample, [max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)])
-        above, positions, inside = 0, [], []
-        for a, b in slices:
-            count, band, where = count_and_band(values(a, b, 1), lo, hi)
-            above += count
-            inside.append(band)
-            positions.append(where + a)
+        counted = map(lambda span: count_and_band(values(span[0], span[1], 1), lo, hi), slices)
+        above = sum(count for count, _, _ in counted)
         if above < k:
+            inside = [band for _, band, _ in counted]
+            positions = [where + a for (_, _, where), (a, _) in zip(counted, slices, strict=True)]
             flat_positions = torch.cat(positions)
             if 0 < k - above <= flat_positions.numel():
                 return _cut(torch.cat(inside), k - above, flat_positions)
     return _cut(materialize(), k, None)
 
 
-def top_k_cut(magnitude: torch.Tensor, k: int) -> tuple[float, int]:
+def top_k_cut(magnitude: torch.Tensor, k: int, map: Mapper = in_order) -> tuple[float, int]:
     """``streamed_top_k_cut`` over a materialised 1-D tensor, counted in cache-sized slices (one
     tensor-sized pass allocates and faults in tensor-sized masks: 1.5× slower on 11M entries)."""
     n = magnitude.numel()
-    return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, SLICE)
+    return streamed_top_k_cut(lambda a, b, step: magnitude[a:b:step], n, k, lambda: magnitude, SLICE, map)
 
 
 def _quantiles(sample: torch.Tensor, qs: list[float]) -> list[float]:

@@ -28,14 +28,15 @@ def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[floa
 
 def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
     """The angle between the whole tensors, accumulated in float64 over slices: the scales (a, b)."""
-    dot = sq0 = sq1 = 0.0
-    for start in range(0, inputs.numel, DOT_CHUNK):
-        stop = min(start + DOT_CHUNK, inputs.numel)
+
+    def products(start: int, stop: int) -> tuple[float, float, float]:
         a = inputs.base(start, stop).double()
         b = inputs.model(0, start, stop).double()
-        dot += float(a @ b)
-        sq0 += float(a @ a)
-        sq1 += float(b @ b)
+        return float(a @ b), float(a @ a), float(b @ b)
+
+    dot = sq0 = sq1 = 0.0
+    for ab, aa, bb in inputs.slices(products, DOT_CHUNK):  # summed in slice order
+        dot, sq0, sq1 = dot + ab, sq0 + aa, sq1 + bb
     return slerp_scales(dot, math.sqrt(sq0), math.sqrt(sq1), t)
 
 

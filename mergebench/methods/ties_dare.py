@@ -38,13 +38,17 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
 
     def materialize(index: int) -> torch.Tensor:
         whole = inputs.workspace()
-        for start in range(0, n, STATS_CHUNK):
-            stop = min(start + STATS_CHUNK, n)
+
+        def fill(start: int, stop: int) -> None:
             whole[start:stop] = magnitude(index)(start, stop, 1)
+
+        inputs.slices(fill)
         return whole
 
     return [
-        streamed_top_k_cut(magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step)
+        streamed_top_k_cut(
+            magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step, inputs.map
+        )
         for i, d in enumerate(density)
     ]
 
