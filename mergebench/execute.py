@@ -23,7 +23,8 @@ from tqdm import tqdm
 from mergebench.errors import CheckpointError
 from mergebench.inputs import LoraFold
 from mergebench.io.writer import ShardedWriter, tensor_crc32
-from mergebench.methods.registry import Mapper, Piece, TensorInputs, in_order, whole_rows_length
+from mergebench.mapper import Mapper, in_order
+from mergebench.methods.registry import Piece, TensorInputs, whole_rows_length
 from mergebench.planner import Copy, Merge, Op, RowMerge, op_input_bytes, op_refs
 from mergebench.vocab import RowGather, RowInputs
 
@@ -312,8 +313,9 @@ def to_host(result: torch.Tensor, op: Op, buffers: BufferPool) -> torch.Tensor:
     return out
 
 
-def read_inputs(op: Op, pool: BufferPool) -> list[torch.Tensor]:
-    return [ref.read(pool.take(ref.nbytes)) for ref in op_refs(op)]
+def read_inputs(op: Op, pool: BufferPool, map: Mapper = in_order) -> list[torch.Tensor]:
+    """The stored tensors an op reads, into pooled buffers; ``map`` runs a large tensor's read ranges."""
+    return [ref.read(pool.take(ref.nbytes), map) for ref in op_refs(op)]
 
 
 def same_storage(a: torch.Tensor, b: torch.Tensor) -> bool:
@@ -441,6 +443,12 @@ def execute_plan(
     in_flight: deque[tuple[Op, Future]] = deque()
     upcoming = deque(ops)
     readers = ThreadPoolExecutor(max_workers=max(1, readahead), thread_name_prefix="mergebench-read")
+    # the ranges of a large tensor, read on every core (see read_tensor)
+    ranges = ThreadPoolExecutor(max_workers=available_cores(), thread_name_prefix="mergebench-range")
+
+    def read_ranges(function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
+        return list(ranges.map(function, items))
+
     computers = ThreadPoolExecutor(max_workers=workers, thread_name_prefix="mergebench-compute")
     helpers = None if on_gpu else ChunkHelpers(workers)
     chunk = chunk_entries(workers)
@@ -453,7 +461,7 @@ def execute_plan(
                     return
                 op = upcoming.popleft()
                 in_flight.append(
-                    (op, computers.submit(compute, op, readers.submit(read_inputs, op, buffers)))
+                    (op, computers.submit(compute, op, readers.submit(read_inputs, op, buffers, read_ranges)))
                 )
 
         for count in range(1, len(ops) + 1):
@@ -472,6 +480,7 @@ def execute_plan(
         if helpers is not None:
             helpers.shutdown()
         readers.shutdown(wait=True, cancel_futures=True)
+        ranges.shutdown(wait=True, cancel_futures=True)
         out_queue.put(None)
         writer_thread.join()
         bar.close()

@@ -14,6 +14,7 @@ import torch
 from mergebench.fold import TensorRecipe, apply_recipe
 from mergebench.io.checkpoint import Checkpoint
 from mergebench.io.safetensors_header import TensorInfo
+from mergebench.mapper import Mapper, in_order
 
 
 @dataclass(frozen=True)
@@ -35,8 +36,8 @@ class TensorRef:
     def refs(self) -> tuple[TensorRef, ...]:
         return (self,)
 
-    def read(self, buffer: torch.Tensor | None = None) -> torch.Tensor:
-        return self.checkpoint.read(self.name, buffer)
+    def read(self, buffer: torch.Tensor | None = None, map: Mapper = in_order) -> torch.Tensor:
+        return self.checkpoint.read(self.name, buffer, map)
 
     def build(self, tensors: Sequence[torch.Tensor]) -> torch.Tensor:
         return tensors[0]

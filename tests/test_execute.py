@@ -11,8 +11,9 @@ import torch
 
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
+from mergebench.mapper import in_order
 from mergebench.methods import all_methods, get_method
-from mergebench.methods.registry import TensorInputs, in_order
+from mergebench.methods.registry import TensorInputs
 from mergebench.planner import Merge
 
 PARAMS = {

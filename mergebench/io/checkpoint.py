@@ -13,6 +13,7 @@ import torch
 
 from mergebench.errors import CheckpointError, MergebenchError
 from mergebench.io.safetensors_header import TensorInfo, read_header, read_tensor
+from mergebench.mapper import Mapper, in_order
 
 SAFETENSORS_INDEX = "model.safetensors.index.json"
 SAFETENSORS_SINGLE = "model.safetensors"
@@ -72,16 +73,17 @@ class Checkpoint:
     config: dict | None = None
     pickled: dict[str, torch.Tensor] | None = field(default=None, repr=False)  # only via open_pickled
 
-    def read(self, name: str, buffer: torch.Tensor | None = None) -> torch.Tensor:
+    def read(self, name: str, buffer: torch.Tensor | None = None, map: Mapper = in_order) -> torch.Tensor:
         """Read tensor ``name`` into memory: into ``buffer`` (uint8, exactly the tensor's byte size)
-        when given, else a fresh tensor. Either way the caller owns the result and may modify it."""
+        when given, else a fresh tensor. Either way the caller owns the result and may modify it.
+        ``map`` runs a large tensor's read ranges (``read_tensor``)."""
         if self.pickled is not None:
             return self.pickled[name].clone()
         try:
             info = self.tensors[name]
         except KeyError:
             raise CheckpointError(f"{self.spec}: no tensor named {name!r}") from None
-        return read_tensor(info, buffer)
+        return read_tensor(info, buffer, map)
 
     def files(self) -> list[Path]:
         """The weight files this checkpoint reads from."""

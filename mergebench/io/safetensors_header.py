@@ -17,6 +17,7 @@ import torch
 
 from mergebench.dtypes import from_safetensors_code
 from mergebench.errors import CheckpointError
+from mergebench.mapper import Mapper, in_order
 
 MAX_HEADER_BYTES = 100 * 1024 * 1024
 
@@ -114,27 +115,41 @@ def _tensor_info(path: Path, name: str, entry: object, data_start: int) -> Tenso
     return TensorInfo(name, path, dtype, tuple(shape), data_start + offsets[0], nbytes)
 
 
-def read_tensor(info: TensorInfo, buffer: torch.Tensor | None = None) -> torch.Tensor:
+READ_PART = 16 << 20  # bytes per range of a larger tensor read on its own handle (``map`` spreads them)
+
+
+def read_tensor(info: TensorInfo, buffer: torch.Tensor | None = None, map: Mapper = in_order) -> torch.Tensor:
     """Read one tensor's bytes straight into ``buffer`` (a uint8 tensor of ``info.nbytes`` bytes, e.g.
     from a pool) or a fresh tensor: one copy, no memory map kept alive.
 
     A plain ``readinto`` keeps peak RSS at the size of the tensors in flight: pages of a mapped
-    multi-GB shard would otherwise stay counted against the process.
+    multi-GB shard would otherwise stay counted against the process. A tensor above READ_PART is read
+    as ranges of that size, each through its own handle, which ``map`` may run on several threads: a
+    copy out of the page cache (and the first touch of the buffer's pages) runs at one core's pace,
+    and a model's embedding-sized first and last tensors are read while the other cores wait for them.
     """
     if buffer is None:
         buffer = torch.empty(info.nbytes, dtype=torch.uint8)
-    try:
-        with open(info.file, "rb", buffering=0) as handle:
-            handle.seek(info.offset)
-            view = memoryview(buffer.numpy())
-            done = 0
-            while done < info.nbytes:
-                got = handle.readinto(view[done:])
-                if not got:
-                    raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name!r}")
-                done += got
-    except OSError as exc:
-        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({exc.strerror})") from None
+    view = memoryview(buffer.numpy())
+    starts = range(0, info.nbytes, READ_PART)
+    if len(starts) > 1:
+        map(lambda start: _read_range(info, view, start, min(start + READ_PART, info.nbytes)), starts)
+    elif starts:
+        _read_range(info, view, 0, info.nbytes)
     if info.nbytes == 0:
         return torch.empty(info.shape, dtype=info.dtype)
     return buffer.view(info.dtype).reshape(info.shape)
+
+
+def _read_range(info: TensorInfo, view: memoryview, start: int, stop: int) -> None:
+    """Bytes [start, stop) of the tensor into the same range of ``view``."""
+    try:
+        with open(info.file, "rb", buffering=0) as handle:
+            handle.seek(info.offset + start)
+            while start < stop:
+                got = handle.readinto(view[start:stop])
+                if not got:
+                    raise CheckpointError(f"{info.file}: truncated while reading tensor {info.name!r}")
+                start += got
+    except OSError as exc:
+        raise CheckpointError(f"{info.file}: cannot read tensor {info.name!r} ({exc.strerror})") from None

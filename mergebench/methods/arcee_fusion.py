@@ -8,7 +8,8 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.registry import Mapper, Piece, TensorInputs, in_order, merge_method, whole_rows_length
+from mergebench.mapper import Mapper, in_order
+from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
 from mergebench.methods.selection import compared, top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8

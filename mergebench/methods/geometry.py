@@ -15,7 +15,8 @@ from dataclasses import dataclass
 
 import torch
 
-from mergebench.methods.registry import STATS_CHUNK, Mapper, TensorInputs, in_order
+from mergebench.mapper import Mapper, in_order
+from mergebench.methods.registry import STATS_CHUNK, TensorInputs
 
 
 @dataclass(frozen=True)

@@ -31,6 +31,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from mergebench.errors import ConfigError
+from mergebench.mapper import Mapper, in_order
 
 Scalar = float | int | bool
 FLOAT32_MAX = 3.4028234663852886e38  # arithmetic runs in float32: a larger parameter would become inf
@@ -97,14 +98,7 @@ class Piece:
 # so it is one value for every method and machine).
 STATS_CHUNK = 1 << 18
 
-Item, Result = TypeVar("Item"), TypeVar("Result")
-# map(function, items) → [function(item) for item in items], in items' order, however it is computed
-Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
-
-
-def in_order(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
-    """The sequential ``Mapper``: each item in turn, on the calling thread."""
-    return [function(item) for item in items]
+Result = TypeVar("Result")
 
 
 class TensorInputs:

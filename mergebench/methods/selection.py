@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mergebench.methods.registry import Mapper, in_order
+from mergebench.mapper import Mapper, in_order
 
 SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
 BRACKET = 0.01  # quantile half-width of the bracket
