@@ -285,9 +285,9 @@ def test_reads_one_tensor_of_every_model_at_a_time(models, monkeypatch):
     reads: list[str] = []
     original = Checkpoint.read
 
-    def recording(self, name, buffer=None):
+    def recording(self, name, *args):
         reads.append(name)
-        return original(self, name, buffer)
+        return original(self, name, *args)
 
     monkeypatch.setattr(Checkpoint, "read", recording)
     analyze([str(models.ft1), str(models.ft2)], str(models.base))
