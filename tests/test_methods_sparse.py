@@ -1048,6 +1048,40 @@ def test_compared_equals_torch_comparisons_on_any_shape(shape, dtype):
     assert torch.equal(sparsify.trim_mask(torch.tensor(0.5), 0.1, -1), torch.tensor(True))
 
 
+@pytest.mark.parametrize("shape", [(), (7,), (3, 5)])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
+def test_mask_products_and_divisor_guard_are_torch_bit_for_bit(shape, dtype):
+    """``times_mask`` and ``ones_where_zero`` (numpy on float32/float64 CPU tensors) give the bits of
+    torch's ``values * mask`` and ``values + (values == 0)``: −0 where a negative entry is dropped,
+    NaN and ±inf kept or zeroed alike, ±0 divisors → 1; in place or not."""
+    from mergebench.methods.selection import ones_where_zero, times_mask
+
+    generator = torch.Generator().manual_seed(6)
+    values = torch.randn(shape, generator=generator).to(dtype)
+    special = torch.tensor([float("nan"), -0.0, 0.0, float("inf"), -float("inf"), -2.5, 3.0], dtype=dtype)
+    values.view(-1)[: special.numel()] = special[: values.numel()]
+    mask = torch.rand(shape, generator=generator) > 0.5
+    mask.view(-1)[:2] = torch.tensor([True, False])[: mask.numel()]
+
+    def bits(tensor):
+        return tensor.view(
+            torch.int16
+            if tensor.element_size() == 2
+            else torch.int64
+            if tensor.element_size() == 8
+            else torch.int32
+        )
+
+    expected = values * mask
+    fresh = times_mask(values, mask, in_place=False)
+    assert fresh.data_ptr() != values.data_ptr() and torch.equal(bits(fresh), bits(expected))
+    inplace = values.clone()
+    assert times_mask(inplace, mask, in_place=True) is inplace and torch.equal(bits(inplace), bits(expected))
+    guarded = values.clone()
+    assert ones_where_zero(guarded) is guarded
+    assert torch.equal(bits(guarded), bits(values + (values == 0)))
+
+
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float64, torch.bfloat16])
 def test_count_and_band_equals_torch_with_nan_and_inf(dtype):
     """The numpy path counts x > hi as (x ≥ lo) − (lo ≤ x ≤ hi): NaN fails every compare, so it counts

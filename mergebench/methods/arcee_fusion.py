@@ -10,7 +10,7 @@ import torch
 
 from mergebench.mapper import Mapper, in_order
 from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
-from mergebench.methods.selection import compared, top_k_cut
+from mergebench.methods.selection import compared, times_mask, top_k_cut
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
 BLOCK = 1 << 18  # entries of whole rows scored at a time by the stats step
@@ -93,4 +93,4 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     if model.numel() == 0:
         return base.clone()
     keep = piece.part_of(piece.stats, model)
-    return (model - base).mul_(keep).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory
+    return times_mask(model - base, keep, in_place=True).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory

@@ -28,7 +28,7 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import top_k_cut
+from mergebench.methods.selection import times_mask, top_k_cut
 from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
@@ -49,7 +49,10 @@ class Band(NamedTuple):
 
 def band_mask(delta: torch.Tensor, band: Band, offset: int = 0) -> torch.Tensor:
     """Keep-mask of a flat chunk starting at ``offset``: inside the top top+keep but not the top top."""
-    return trim_mask(delta, *band.top_and_kept, offset) & ~trim_mask(delta, *band.top, offset)
+    inside, top = trim_mask(delta, *band.top_and_kept, offset), trim_mask(delta, *band.top, offset)
+    if inside.device.type == "cpu":  # numpy's bool ops: torch's are scalar loops
+        return torch.from_numpy(inside.numpy() & ~top.numpy())
+    return inside & ~top
 
 
 def breadcrumbs_stats(
@@ -91,7 +94,7 @@ def _kept_l1(inputs: TensorInputs, magnitude: torch.Tensor, band: Band) -> float
 
     def kept(start: int, stop: int) -> float:
         part = magnitude[start:stop]
-        return float((part * band_mask(part, band, start)).sum(dtype=torch.float64))
+        return float(times_mask(part, band_mask(part, band, start), in_place=False).sum(dtype=torch.float64))
 
     return sum(inputs.slices(kept), 0.0)
 
@@ -103,7 +106,7 @@ def sparsified(
     for model, band in zip(models, bands, strict=True):
         delta = model - base
         if band is not None:
-            delta *= band_mask(delta, band, offset)
+            times_mask(delta, band_mask(delta, band, offset), in_place=True)
             if band.scale != 1.0:
                 delta *= band.scale
         yield delta

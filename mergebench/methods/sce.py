@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import top_k_cut
+from mergebench.methods.selection import times_mask, top_k_cut
 from mergebench.methods.sparsify import fraction_count, trim_mask
 
 WEIGHT_SUM_GUARD = 1e-6  # mergekit's sce_weight: below this total, uniform weights
@@ -131,7 +131,7 @@ def sce(
     if selected is not None:
         mask = piece.part_of(selected, base)
         for delta in deltas:
-            delta *= mask
+            times_mask(delta, mask, in_place=True)
     total = deltas[0].clone()
     for delta in deltas[1:]:
         total += delta

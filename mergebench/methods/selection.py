@@ -51,6 +51,33 @@ def compared(
     return result.to(values.dtype) if as_numbers else result
 
 
+def times_mask(values: torch.Tensor, mask: torch.Tensor, *, in_place: bool) -> torch.Tensor:
+    """``values * mask`` for a bool ``mask`` of values' shape: kept entries unchanged, dropped ones ±0
+    (the float product's zeros), into ``values`` when ``in_place``. numpy computes it wherever
+    ``numpy_view`` allows: torch multiplies by a bool tensor through a per-entry cast, ~3× slower here
+    (132 vs 48 µs per 256K entries)."""
+    array = numpy_view(values)
+    if array is not None and mask.device.type == "cpu":
+        with np.errstate(invalid="ignore"):  # ±inf · 0 is NaN, silently, as in torch
+            if in_place:
+                np.multiply(array, mask.numpy(), out=array)
+                return values
+            return torch.from_numpy(np.asarray(np.multiply(array, mask.numpy())))  # 0-d: numpy gives a scalar
+    return values.mul_(mask) if in_place else values * mask
+
+
+def ones_where_zero(values: torch.Tensor) -> torch.Tensor:
+    """``values += (values == 0)`` in place: ±0 becomes 1, every other entry (NaN included) unchanged
+    — the guard of a divisor that may be empty. numpy where it can: torch's compare to bool and its
+    mixed bool/float add are scalar loops (269 vs 72 µs per 256K entries here)."""
+    array = numpy_view(values)
+    if array is not None:
+        np.add(array, array == 0, out=array)
+    else:
+        values += values == 0
+    return values
+
+
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk; lo ≤ hi."""
     array = numpy_view(chunk)

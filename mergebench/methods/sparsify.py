@@ -13,7 +13,7 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from mergebench.methods.selection import compared, top_k_cut
+from mergebench.methods.selection import compared, ones_where_zero, times_mask, top_k_cut
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -262,7 +262,7 @@ def dare_drop(
     if density >= 1.0 or delta.numel() == 0:
         return delta
     keep = keep_mask(delta.numel(), density, key, model_index, offset, delta.device).view(delta.shape)
-    kept = delta * keep
+    kept = times_mask(delta, keep, in_place=False)
     if not rescale:
         return kept
     # CUDA divides by a Python number as a multiply by its rounded reciprocal (1 ulp off the CPU's
@@ -300,6 +300,5 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
         if divisor is not None:
             divisor.add_(agrees, alpha=weight)
     if divisor is not None:
-        divisor += divisor == 0  # 0 → 1, others unchanged: a vectorized add, unlike a masked fill
-        merged /= divisor
+        merged /= ones_where_zero(divisor)  # 0 → 1, others unchanged
     return merged

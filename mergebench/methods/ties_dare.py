@@ -20,7 +20,7 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import Values, streamed_top_k_cut
+from mergebench.methods.selection import Values, streamed_top_k_cut, times_mask
 from mergebench.methods.sparsify import dare_drop, disjoint_merge, keep_count, trim_mask
 
 
@@ -81,7 +81,7 @@ def ties(
     weighted = []
     for model, w, (threshold, cutoff) in zip(models, weight, piece.stats, strict=True):
         delta = model - base
-        delta *= trim_mask(delta, threshold, cutoff, piece.offset)
+        times_mask(delta, trim_mask(delta, threshold, cutoff, piece.offset), in_place=True)
         weighted.append(delta.mul_(w))
     return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
 
