@@ -18,3 +18,8 @@ Mapper = Callable[[Callable[[Any], Any], Sequence[Any]], list[Any]]
 def in_order(function: Callable[[Item], Result], items: Sequence[Item]) -> list[Result]:
     """The sequential ``Mapper``: each item in turn, on the calling thread."""
     return [function(item) for item in items]
+
+
+def spans(numel: int, step: int) -> list[tuple[int, int]]:
+    """Consecutive [start, stop) pieces of ``step`` entries (the last one shorter) covering ``numel``."""
+    return [(start, min(start + step, numel)) for start in range(0, numel, step)]

@@ -32,6 +32,7 @@ import numpy
 import torch
 
 from mergebench.errors import ConfigError
+from mergebench.mapper import spans
 from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
@@ -169,12 +170,6 @@ def block_length(shape: Sequence[int]) -> int:
     return whole_rows_length(m * inner, BLOCK)
 
 
-def row_blocks(numel: int, shape: Sequence[int]) -> list[tuple[int, int]]:
-    """[start, stop) blocks of whole rows covering the first ``numel`` entries (a whole number of rows)."""
-    step = block_length(shape)
-    return [(start, min(start + step, numel)) for start in range(0, numel, step)]
-
-
 def della_stats(
     inputs: TensorInputs,
     *,
@@ -206,9 +201,7 @@ def _l1_norms(inputs: TensorInputs, index: int, density: float, epsilon: float) 
         kept = magprune(delta.view(-1, m, inner), density, epsilon, key, index, start, divide=False)
         return float(delta.abs().sum(dtype=torch.float64)), float(kept.abs().sum(dtype=torch.float64))
 
-    before = after = 0.0
-    for block_before, block_after in inputs.slices(norms, block_length(inputs.shape)):
-        before, after = before + block_before, after + block_after
+    before, after = inputs.sums(norms, 2, block_length(inputs.shape))
     return before, after
 
 
@@ -241,7 +234,7 @@ def della(
     flat_base = base.reshape(-1)
     flats = [model.reshape(-1) for model in models]
     out = torch.empty_like(flat_base)
-    for start, stop in row_blocks(flat_base.numel(), piece.shape):
+    for start, stop in spans(flat_base.numel(), block_length(piece.shape)):
         weighted = []
         for index, (flat, w) in enumerate(zip(flats, weight, strict=True)):
             delta = (flat[start:stop] - flat_base[start:stop]).view(-1, m, inner)

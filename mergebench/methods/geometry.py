@@ -15,7 +15,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergebench.mapper import Mapper, in_order
+from mergebench.mapper import Mapper, in_order, spans
 from mergebench.methods.registry import STATS_CHUNK, TensorInputs
 
 
@@ -86,8 +86,7 @@ def gram(
         length, rows = layout
         return _pairwise(x.reshape(x.shape[0], -1, length), rows=rows)
 
-    spans = [(start, min(start + step, numel)) for start in range(0, numel, step)]
-    parts = map(products, spans)
+    parts = map(products, spans(numel, step))
     if layout is not None and layout[1]:
         return torch.cat(parts)
     total = parts[0]

@@ -98,15 +98,13 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
     """λ_i = 1 + r·clamp(ρ_i, 0, α), ρ_i = #(entries i shares with another) / max(#(entries only i changed), ε),
     counted over the whole tensor (tensor-local)."""
 
-    def counts(start: int, stop: int) -> tuple[list[int], list[int]]:
+    def counts(start: int, stop: int) -> list[int]:
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        return overlap_counts(models, inputs.base(start, stop), epsilon)
+        shared_here, unique_here = overlap_counts(models, inputs.base(start, stop), epsilon)
+        return [*shared_here, *unique_here]
 
-    shared = [0] * inputs.count
-    unique = [0] * inputs.count
-    for shared_here, unique_here in inputs.slices(counts):
-        shared = [total + count for total, count in zip(shared, shared_here, strict=True)]
-        unique = [total + count for total, count in zip(unique, unique_here, strict=True)]
+    totals = inputs.sums(counts, 2 * inputs.count)
+    shared, unique = totals[: inputs.count], totals[inputs.count :]
     rhos = [s / max(u, epsilon) for s, u in zip(shared, unique, strict=True)]
     return [1.0 + r * min(max(rho, 0.0), alpha) for rho in rhos]
 

@@ -31,7 +31,7 @@ from typing import Any, Literal, TypeVar
 import torch
 
 from mergebench.errors import ConfigError
-from mergebench.mapper import Mapper, in_order
+from mergebench.mapper import Mapper, in_order, spans
 
 Scalar = float | int | bool
 FLOAT32_MAX = 3.4028234663852886e38  # arithmetic runs in float32: a larger parameter would become inf
@@ -137,18 +137,25 @@ class TensorInputs:
         self._convert = convert
         self.workspace = workspace or (lambda: torch.empty_like(reference))
 
-    def slices(
-        self, function: Callable[[int, int], Result], step: int = STATS_CHUNK, numel: int | None = None
-    ) -> list[Result]:
+    def slices(self, function: Callable[[int, int], Result], step: int = STATS_CHUNK) -> list[Result]:
         """``function(start, stop)`` for consecutive slices [start, stop) of ``step`` entries covering
-        the first ``numel`` entries (default: the tensor), results in slice order.
+        the tensor, results in slice order.
 
         Slices may run on several threads at once: ``function`` writes only its own slice of shared
-        memory, and whole-tensor sums fold the results in slice order afterwards, so a statistic is the
-        same value however many threads computed it."""
-        numel = self.numel if numel is None else numel
-        spans = [(start, min(start + step, numel)) for start in range(0, numel, step)]
-        return self.map(lambda span: function(*span), spans)
+        memory, and whole-tensor sums fold the results in slice order afterwards (``sums``), so a
+        statistic is the same value however many threads computed it."""
+        return self.map(lambda span: function(*span), spans(self.numel, step))
+
+    def sums(
+        self, function: Callable[[int, int], Sequence[float]], count: int, step: int = STATS_CHUNK
+    ) -> list[float]:
+        """``count`` whole-tensor sums: ``function(start, stop)`` gives each slice's ``count`` partial
+        sums (``slices``), added position by position in slice order — one value however many threads
+        computed the slices. Zeros for an empty tensor; integer sums stay integers."""
+        totals: list[float] = [0] * count
+        for part in self.slices(function, step):
+            totals = [total + value for total, value in zip(totals, part, strict=True)]
+        return totals
 
     def model(self, index: int, start: int, stop: int, step: int = 1) -> torch.Tensor:
         """Flat positions start, start + step, … below stop of model ``index``, converted."""

@@ -102,9 +102,7 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
             deltas = [delta * selected[start:stop] for delta in deltas]
         return [float(wide @ wide) for wide in (delta.to(torch.float64) for delta in deltas)]
 
-    energy = [0.0] * inputs.count
-    for part in inputs.slices(energies):  # summed in slice order: one value however it was computed
-        energy = [total + e for total, e in zip(energy, part, strict=True)]
+    energy = inputs.sums(energies, inputs.count)
     return SceStats(selected, sce_weights([e / max(n, 1) for e in energy]))
 
 

@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from mergebench.mapper import Mapper, in_order
+from mergebench.mapper import Mapper, in_order, spans
 
 SAMPLE = 1 << 16  # entries in the strided sample that brackets the k-th value
 BRACKET = 0.01  # quantile half-width of the bracket
@@ -113,7 +113,7 @@ def streamed_top_k_cut(
         return float("-inf"), -1
     if k <= 0:
         return float("inf"), -1
-    slices = [(start, min(start + step, n)) for start in range(0, n, step)]
+    slices = spans(n, step)
     if n > 1 << 20:
         stride = n // SAMPLE
         sample = values(0, n, stride).float()

@@ -34,9 +34,7 @@ def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
         b = inputs.model(0, start, stop).double()
         return float(a @ b), float(a @ a), float(b @ b)
 
-    dot = sq0 = sq1 = 0.0
-    for ab, aa, bb in inputs.slices(products, DOT_CHUNK):  # summed in slice order
-        dot, sq0, sq1 = dot + ab, sq0 + aa, sq1 + bb
+    dot, sq0, sq1 = inputs.sums(products, 3, DOT_CHUNK)
     return slerp_scales(dot, math.sqrt(sq0), math.sqrt(sq1), t)
 
 
