@@ -29,7 +29,7 @@ from mergebench.methods.registry import (
     normalize_param,
 )
 from mergebench.methods.selection import times_mask, top_k_cut
-from mergebench.methods.sparsify import disjoint_merge, fraction_count, l1_rescale, trim_mask
+from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
     "gamma", float, 0.01, per_model=True, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"
@@ -135,7 +135,7 @@ def breadcrumbs(
         for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)
     ]
     if elect_signs:
-        return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
+        return elect_and_merge(weighted, weight, normalize, base, lambda_)
     update = weighted[0]
     for delta in weighted[1:]:
         update += delta

@@ -11,7 +11,7 @@ The answer never depends on the sample: the bracket is verified by counting.
 
 from __future__ import annotations
 
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from typing import Any
 
 import numpy as np
@@ -26,6 +26,8 @@ SLICE = 1 << 18  # entries of a materialised tensor counted at a time: the masks
 
 # (start, stop, step) → 1-D float values at flat positions start, start + step, … below stop
 Values = Callable[[int, int, int], torch.Tensor]
+# (start, stop, lo, hi) → ``count_and_band`` of the values at flat positions start … stop − 1
+Band = Callable[[int, int, float, float], tuple[int, torch.Tensor, torch.Tensor]]
 
 
 def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
@@ -35,6 +37,17 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
     if tensor.device.type == "cpu" and tensor.dtype in (torch.float32, torch.float64):
         return tensor.numpy()
     return None
+
+
+def float32_views(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...] | None:
+    """Flat numpy views (no copies) of float32 CPU tensors, the inputs of ``fused``'s one-pass
+    kernels; None where those do not apply (another dtype or device, a tensor not contiguous)."""
+    views = []
+    for tensor in tensors:
+        if tensor.device.type != "cpu" or tensor.dtype != torch.float32 or not tensor.is_contiguous():
+            return None
+        views.append(tensor.numpy().reshape(-1))
+    return tuple(views)
 
 
 def compared(
@@ -99,6 +112,7 @@ def streamed_top_k_cut(
     materialize: Callable[[], torch.Tensor],
     step: int,
     map: Mapper = in_order,
+    band: Band | None = None,
 ) -> tuple[float, int]:
     """(threshold, cutoff) keeping exactly the k largest of n values: |x| > threshold, plus entries
     equal to the threshold up to flat index ``cutoff`` (ties broken toward lower index).
@@ -106,8 +120,9 @@ def streamed_top_k_cut(
     ``values(start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
     ``values(0, n, stride)``, the count walks slices ``values(a, b, 1)``);
     ``step`` is the slice length to walk with, ``map`` how the slices are counted (``TensorInputs.map``:
-    on idle cores); ``materialize()`` returns all n values as one tensor, used only when the sampled
-    bracket misses.
+    on idle cores); ``band(start, stop, lo, hi)``, where given, is ``count_and_band`` of
+    ``values(start, stop, 1)`` computed without them (``fused.magnitude_band``); ``materialize()``
+    returns all n values as one tensor, used only when the sampled bracket misses.
     """
     if k >= n:
         return float("-inf"), -1
@@ -119,7 +134,10 @@ def streamed_top_k_cut(
         sample = values(0, n, stride).float()
         q = 1.0 - k / n
         lo, hi = _quantiles(sample, [max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)])
-        counted = map(lambda span: count_and_band(values(span[0], span[1], 1), lo, hi), slices)
+        if band is None:
+            counted = map(lambda span: count_and_band(values(span[0], span[1], 1), lo, hi), slices)
+        else:
+            counted = map(lambda span: band(span[0], span[1], lo, hi), slices)
         above = sum(count for count, _, _ in counted)
         if above < k:
             inside = [band for _, band, _ in counted]

@@ -13,7 +13,8 @@ from fractions import Fraction
 import numpy as np
 import torch
 
-from mergebench.methods.selection import compared, ones_where_zero, times_mask, top_k_cut
+from mergebench.methods.basic import plus_base
+from mergebench.methods.selection import compared, float32_views, ones_where_zero, times_mask, top_k_cut
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -285,8 +286,36 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
 
     The elected sign per entry is the sign of Σ w_i·τ̂_i; only entries whose own sign agrees are
     summed, and with ``normalize`` the sum is divided by the total weight of agreeing entries
-    (entries where none agree are left at zero).
+    (entries where none agree are left at zero). float32 on the CPU: ``fused``'s one-pass kernel.
     """
+    views = float32_views(weighted)
+    if views is not None:
+        from mergebench.methods import fused
+
+        return fused.disjoint_merge(views, weights, normalize).view(weighted[0].shape)
+    return disjoint_merge_torch(weighted, weights, normalize)
+
+
+def elect_and_merge(
+    weighted: Sequence[torch.Tensor],
+    weights: Sequence[float],
+    normalize: bool,
+    base: torch.Tensor,
+    lambda_: float,
+) -> torch.Tensor:
+    """θ_base + λ·disjoint_merge(w_i·τ̂_i) (``basic.plus_base``), in one pass on the CPU."""
+    views = float32_views([*weighted, base])
+    if views is not None:
+        from mergebench.methods import fused
+
+        merged = fused.disjoint_merge(views[:-1], weights, normalize, views[-1], lambda_)
+        return merged.view(base.shape)
+    return plus_base(disjoint_merge(weighted, weights, normalize), base, lambda_)
+
+
+def disjoint_merge_torch(weighted: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool):
+    """``disjoint_merge`` in torch operations: the GPU's and other dtypes' path, and the kernel's
+    reference."""
     total = weighted[0].clone()
     for delta in weighted[1:]:
         total += delta

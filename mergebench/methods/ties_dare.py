@@ -20,8 +20,15 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import Values, streamed_top_k_cut, times_mask
-from mergebench.methods.sparsify import dare_drop, disjoint_merge, keep_count, trim_mask
+from mergebench.methods.selection import (
+    Band,
+    Values,
+    count_and_band,
+    float32_views,
+    streamed_top_k_cut,
+    times_mask,
+)
+from mergebench.methods.sparsify import dare_drop, elect_and_merge, keep_count, trim_mask
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
@@ -45,9 +52,20 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
         inputs.slices(fill)
         return whole
 
+    def band(index: int) -> Band:
+        def count(start: int, stop: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
+            views = float32_views([inputs.model(index, start, stop), inputs.base(start, stop)])
+            if views is None:
+                return count_and_band(magnitude(index)(start, stop, 1), lo, hi)
+            from mergebench.methods import fused
+
+            return fused.magnitude_band(*views, lo, hi)
+
+        return count
+
     return [
         streamed_top_k_cut(
-            magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step, inputs.map
+            magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step, inputs.map, band(i)
         )
         for i, d in enumerate(density)
     ]
@@ -78,12 +96,21 @@ def ties(
     ``ties_stats``); the elected sign is sign(Σ w_i·τ̂_i); only agreeing entries are summed, divided
     (``normalize``) by the weight of agreeing entries.
     """
+    views = float32_views([*models, base])
+    if views is not None:  # one pass per model (``fused``)
+        from mergebench.methods import fused
+
+        weighted = [
+            torch.from_numpy(fused.trimmed(model, views[-1], threshold, cutoff, piece.offset, w))
+            for model, w, (threshold, cutoff) in zip(views[:-1], weight, piece.stats, strict=True)
+        ]
+        return elect_and_merge(weighted, weight, normalize, base.reshape(-1), lambda_).view(base.shape)
     weighted = []
     for model, w, (threshold, cutoff) in zip(models, weight, piece.stats, strict=True):
         delta = model - base
         times_mask(delta, trim_mask(delta, threshold, cutoff, piece.offset), in_place=True)
         weighted.append(delta.mul_(w))
-    return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
+    return elect_and_merge(weighted, weight, normalize, base, lambda_)
 
 
 def _dropped(models, base, density, piece: Piece, rescale: bool):
@@ -113,7 +140,7 @@ def dare(
     dropped = _dropped(models, base, density, piece, rescale)
     if elect_signs:
         weighted = [d.mul_(w) for d, w in zip(dropped, weight, strict=True)]
-        return plus_base(disjoint_merge(weighted, weight, normalize), base, lambda_)
+        return elect_and_merge(weighted, weight, normalize, base, lambda_)
     update = weighted_sum(dropped, weight)
     if normalize:
         update /= sum(weight)
