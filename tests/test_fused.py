@@ -5,10 +5,14 @@ difference."""
 
 from __future__ import annotations
 
+import functools
+
+import numpy as np
 import pytest
 import torch
 
-from mergebench.methods import fused, ties_dare
+from mergebench.methods import fused, sparsify, ties_dare
+from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece
 from mergebench.methods.selection import count_and_band, float32_views
 from mergebench.methods.sparsify import disjoint_merge, disjoint_merge_torch, elect_and_merge
@@ -65,7 +69,7 @@ def test_trim_kernel_is_torch_bit_for_bit(offset):
             magnitude = delta.abs()
             keep = (magnitude > threshold) | ((magnitude == threshold) & (positions <= cutoff))
             expected = (delta * keep).mul_(-0.6)
-            got = fused.trimmed(model.numpy(), base.numpy(), threshold, cutoff, offset, -0.6)
+            got = fused.kept(model.numpy(), base.numpy(), (threshold, cutoff), offset, -0.6)
             assert torch.equal(bits(torch.from_numpy(got)), bits(expected)), (threshold, cutoff)
 
 
@@ -84,20 +88,80 @@ def test_magnitude_band_kernel_counts_like_count_and_band(n):
         assert counted[0] == above and torch.equal(counted[2], positions)
 
 
-def test_ties_takes_the_kernels_only_for_contiguous_float32_and_gets_the_torch_bits():
-    """``ties`` on float32 CPU chunks (kernels) and on strided views of the same values (torch's
-    operations) give the same bits; float64 never reaches a kernel."""
+def strided(tensor: torch.Tensor) -> torch.Tensor:
+    """The same values in a non-contiguous view: no kernel takes it, so the torch operations run."""
+    wide = torch.empty(2 * tensor.numel())
+    wide[::2] = tensor
+    return wide[::2]
+
+
+def dare(elect_signs: bool):
+    return functools.partial(ties_dare.dare, elect_signs=elect_signs)
+
+
+SPARSE = {
+    "ties": (ties_dare.ties, dict(density=[0.2, 0.2], int8_mask=False)),
+    "dare_ties": (dare(True), dict(density=[0.3, 1.0], rescale=True, int8_mask=False)),
+    "dare_ties_no_rescale": (dare(True), dict(density=[0.0, 0.6], rescale=False, int8_mask=False)),
+    "dare_linear": (dare(False), dict(density=[0.3, 0.7], rescale=True, int8_mask=False)),
+}
+
+
+@pytest.mark.parametrize("method", sorted(SPARSE))
+@pytest.mark.parametrize("normalize", [True, False])
+@pytest.mark.parametrize("offset", [17, (1 << 32) - 2000])  # the second chunk crosses a hash segment
+def test_methods_take_the_kernels_only_for_contiguous_float32_and_get_the_torch_bits(
+    method, normalize, offset
+):
+    """A method on float32 CPU chunks (kernels) and on strided views of the same values (torch's
+    operations) gives the same bits; a strided or float64 tensor never reaches a kernel."""
+    function, keywords = SPARSE[method]
     models, base = inputs(2, 4099, seed=11)
-    stats = [(float((m - base).abs().nan_to_num(0.0).quantile(0.8)), 2000) for m in models]
-    keywords = dict(weight=[0.6, 0.4], density=[0.2, 0.2], normalize=True, lambda_=0.9, int8_mask=False)
-    piece = Piece("t", stats=stats, offset=17)
-
-    def strided(tensor: torch.Tensor) -> torch.Tensor:
-        wide = torch.empty(2 * tensor.numel())
-        wide[::2] = tensor
-        return wide[::2]
-
+    stats = [(float((m - base).abs().nan_to_num(0.0).quantile(0.8)), offset + 2000) for m in models]
+    piece = Piece("t", seed=5, stats=stats, offset=offset)
+    keywords = dict(keywords, weight=[0.6, -0.4], normalize=normalize, lambda_=0.9)
     assert float32_views([strided(base)]) is None and float32_views([base.double()]) is None
-    fast = ties_dare.ties([m.clone() for m in models], base.clone(), piece=piece, **keywords)
-    slow = ties_dare.ties([strided(m) for m in models], strided(base), piece=piece, **keywords)
+    fast = function([m.clone() for m in models], base.clone(), piece=piece, **keywords)
+    slow = function([strided(m) for m in models], strided(base), piece=piece, **keywords)
     assert torch.equal(bits(fast), bits(slow))
+
+
+@pytest.mark.parametrize("count", [1, 3])
+def test_sum_kernel_is_weighted_sum_and_plus_base_bit_for_bit(count):
+    """``fused.summed``: Σ w_i·x_i with torch's fused multiply-adds (``basic.weighted_sum``), or
+    already weighted x_i added in order; ÷ a divisor; then θ_base + λ·(…) — as torch rounds each."""
+    models, base = inputs(count, 4099, seed=13)
+    weights = [0.7, -0.3, 0.45][:count]
+    views = tuple(m.numpy() for m in models)
+    for divisor in (None, 0.85, 0.0):
+        expected = weighted_sum(models, weights)
+        plain = models[0].clone()
+        for m in models[1:]:
+            plain += m
+        if divisor is not None:
+            expected /= divisor
+            plain /= divisor
+        got = fused.summed(views, base.numpy(), 0.9, weights, divisor)
+        assert torch.equal(bits(got), bits(plus_base(expected, base, 0.9)))
+        got = fused.summed(views, base.numpy(), 0.9, None, divisor)
+        assert torch.equal(bits(got), bits(plus_base(plain, base, 0.9)))
+
+
+def test_dare_kernel_hash_wraps_its_counter_like_triple32_in_numpy():
+    """The kernel's keep decisions are triple32 of (counter + k0) mod 2³², k1 xored after the first
+    multiply — here recomputed in numpy uint32 (wrapping) for a piece whose counter wraps."""
+    n, first, k1 = 3000, (1 << 32) - 1000, 0x9E3779B9
+    h = (np.arange(n, dtype=np.uint64) + first).astype(np.uint32)  # wraps at 2³²
+    for index, (shift, multiplier) in enumerate(sparsify._ROUNDS):
+        h ^= h >> np.uint32(shift)
+        h *= np.uint32(multiplier)
+        if index == 0:
+            h ^= np.uint32(k1)
+    h ^= h >> np.uint32(sparsify._LAST_SHIFT)
+    bound = sparsify.keep_bound(0.4)
+    ones, zeros = np.ones(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
+    got = fused.dropped(
+        ones, zeros, [(0, n, first, k1)], sparsify._ROUNDS, sparsify._LAST_SHIFT, bound, 0.4, False, 1.0
+    )
+    assert np.array_equal(got, (h < bound).astype(np.float32))
+    assert 0.3 < got.mean() < 0.5

@@ -23,11 +23,28 @@ from collections.abc import Sequence
 
 import numpy as np
 import torch
-from numba import njit
+from llvmlite import ir
+from numba import njit, types
+from numba.extending import intrinsic
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
+M32 = np.uint64((1 << 32) - 1)
 
-kernel = njit(cache=True, nogil=True, boundscheck=False)
+kernel = njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")  # x/0: ±inf or NaN, as torch
+
+
+@intrinsic
+def fma(typingctx, a, b, c):
+    """a·b + c rounded once (LLVM's ``llvm.fma``): what torch's ``add(x, alpha=w)`` computes on the
+    CPU (its vector and its scalar loops both), so a kernel matches it bit for bit."""
+    signature = types.float32(types.float32, types.float32, types.float32)
+
+    def codegen(context, builder, sig, args):
+        f32 = ir.FloatType()
+        function = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
+        return builder.call(function, args)
+
+    return signature, codegen
 
 
 @kernel
@@ -75,24 +92,137 @@ def disjoint_merge(
 
 
 @kernel
-def _trimmed(model, base, threshold, cutoff, weight, out):
+def _kept(model, base, keep, keep_cutoff, drop, drop_cutoff, scale, weight, out):
     for j in range(out.shape[0]):
         delta = model[j] - base[j]
         magnitude = abs(delta)
-        keep = (magnitude > threshold) | ((magnitude == threshold) & (j <= cutoff))
-        out[j] = delta * (ONE if keep else ZERO) * weight
+        inside = (magnitude > keep) | ((magnitude == keep) & (j <= keep_cutoff))
+        above = (magnitude > drop) | ((magnitude == drop) & (j <= drop_cutoff))
+        out[j] = delta * (ONE if inside and not above else ZERO) * scale * weight
 
 
-def trimmed(
-    model: np.ndarray, base: np.ndarray, threshold: float, cutoff: int, offset: int, weight: float
+def kept(
+    model: np.ndarray,
+    base: np.ndarray,
+    keep: tuple[float, int],
+    offset: int,
+    weight: float,
+    drop: tuple[float, int] = (float("inf"), -1),
+    scale: float = 1.0,
 ) -> np.ndarray:
-    """TIES' w·trim(θ − θ_base) of a chunk at flat ``offset`` (``sparsify.trim_mask``, the mask
-    product and the weight as the torch path computes them): one pass."""
+    """w·s·τ·mask of a chunk at flat ``offset``, τ = θ − θ_base: the mask keeps entries inside the
+    top-k cut ``keep`` but not inside ``drop`` (each a (threshold, tie cutoff) of
+    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does; the default ``drop``
+    holds nothing). TIES' trim (``drop`` and ``scale`` left out) and breadcrumbs' band; the products in
+    the torch path's order. One pass."""
     out = np.empty_like(model)
-    # the tie cutoff relative to this chunk, clipped so it fits the kernel's int64 either way
-    local = min(max(cutoff - offset, -1), out.size)
-    _trimmed(model, base, np.float32(threshold), local, np.float32(weight), out)
+    _kept(
+        model,
+        base,
+        np.float32(keep[0]),
+        _local(keep[1], offset, out.size),
+        np.float32(drop[0]),
+        _local(drop[1], offset, out.size),
+        np.float32(scale),
+        np.float32(weight),
+        out,
+    )
     return out
+
+
+def _local(cutoff: int, offset: int, size: int) -> int:
+    """A tie cutoff relative to a chunk at ``offset``, clipped to [-1, size] (fits int64 either way)."""
+    return min(max(cutoff - offset, -1), size)
+
+
+@kernel
+def _dropped(model, base, first, k1, rounds, last_shift, bound, density, divide, weight, out):
+    for j in range(out.shape[0]):
+        h = (first + np.uint64(j)) & M32  # the counter, wrapping mod 2³²
+        for index in range(len(rounds)):
+            shift, multiplier = rounds[index]
+            h ^= h >> np.uint64(shift)
+            h = (h * np.uint64(multiplier)) & M32
+            if index == 0:
+                h ^= k1
+        h ^= h >> np.uint64(last_shift)
+        kept = (model[j] - base[j]) * (ONE if h < bound else ZERO)
+        out[j] = (kept / density if divide else kept) * weight
+
+
+def dropped(
+    model: np.ndarray,
+    base: np.ndarray,
+    pieces,
+    rounds: tuple[tuple[int, int], ...],
+    last_shift: int,
+    bound: int,
+    density: float,
+    divide: bool,
+    weight: float,
+) -> np.ndarray:
+    """DARE's w·τ·keep (÷ density with ``divide``) of a chunk: the keep-mask's counter hash
+    (``sparsify.keep_mask``: triple32 with ``rounds``, kept where h < ``bound``) computed beside the
+    difference instead of into a mask first; ``pieces`` are ``sparsify._pieces`` of the chunk; the
+    operations in ``sparsify.dare_drop``'s order, then the weight. One pass."""
+    out = np.empty_like(model)
+    for start, n, first, k1 in pieces:
+        stop = start + n
+        _dropped(
+            model[start:stop],
+            base[start:stop],
+            np.uint64(first),
+            np.uint64(k1),
+            rounds,
+            last_shift,
+            np.uint64(bound),
+            np.float32(density),
+            divide,
+            np.float32(weight),
+            out[start:stop],
+        )
+    return out
+
+
+@kernel
+def _weighted_sum(tensors, weights, mode, divide, divisor, lambda_, base, out):
+    count = len(tensors)
+    for j in range(out.shape[0]):
+        if mode == 0:  # basic.weighted_sum: x₀·w₀, then add(x_i, alpha=w_i) — fused multiply-adds
+            total = tensors[0][j] * weights[0]
+            for i in range(1, count):
+                total = fma(tensors[i][j], weights[i], total)
+        else:  # already weighted: plain sums in order
+            total = tensors[0][j]
+            for i in range(1, count):
+                total = total + tensors[i][j]
+        if divide:
+            total = total / divisor
+        out[j] = total * lambda_ + base[j]
+
+
+def summed(
+    tensors: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    lambda_: float,
+    weights: Sequence[float] | None = None,
+    divisor: float | None = None,
+) -> torch.Tensor:
+    """θ_base + λ·(Σ_i x_i ÷ ``divisor``): with ``weights`` Σ w_i·x_i as ``basic.weighted_sum``
+    accumulates it, without them the x_i already weighted, added in order; the division (where given)
+    and ``basic.plus_base`` in float32 as torch computes them. One pass."""
+    out = np.empty_like(base)
+    _weighted_sum(
+        tensors,
+        np.asarray(weights if weights is not None else [1.0] * len(tensors), dtype=np.float32),
+        0 if weights is not None else 1,
+        divisor is not None,
+        np.float32(divisor if divisor is not None else 1.0),
+        np.float32(lambda_),
+        base,
+        out,
+    )
+    return torch.from_numpy(out)
 
 
 @kernel

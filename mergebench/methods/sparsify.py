@@ -222,6 +222,38 @@ def uniforms(
     return out
 
 
+def keep_bound(density: float) -> int:
+    """Entry j is kept where h_j < this: U_j < f  ⟺  ⌊h_j/2⁸⌋ < f·2²⁴  ⟺  h_j < ⌈f·2²⁴⌉·2⁸
+    (f = float32(density); f·2²⁴ is exact); 0 (nothing) for density ≤ 0 or NaN, 2³² for ≥ 1."""
+    if density >= 1.0:
+        return 1 << 32
+    if density > 0.0:
+        return math.ceil(struct.unpack("f", struct.pack("f", density))[0] * (1 << 24)) << 8
+    return 0
+
+
+def dropped_views(
+    model: np.ndarray,
+    base: np.ndarray,
+    density: float,
+    key: tuple,
+    model_index: int,
+    offset: int,
+    rescale: bool,
+    weight: float,
+) -> torch.Tensor:
+    """w·``dare_drop``(θ − θ_base, …) of float32 chunk views in one pass (``fused.dropped``): the
+    same keep-mask hash, mask product, division and weight, bit for bit."""
+    from mergebench.methods import fused
+
+    pieces = _pieces(model.size, offset, max(1, model.size), stream_key(key, model_index))
+    divide = rescale and density < 1.0  # at density ≥ 1 ``dare_drop`` returns τ as it is
+    out = fused.dropped(
+        model, base, pieces, _ROUNDS, _LAST_SHIFT, keep_bound(density), density, divide, weight
+    )
+    return torch.from_numpy(out)
+
+
 def keep_mask(
     numel: int,
     density: float,
@@ -234,12 +266,7 @@ def keep_mask(
     vector, on ``device``: entry j is kept when U_j < density (``uniforms``; compared as torch does,
     with density rounded to float32), decided on the hash itself without making U_j."""
     device = torch.device("cpu" if device is None else device)
-    # U_j < f  ⟺  ⌊h_j/2⁸⌋ < f·2²⁴  ⟺  h_j < ⌈f·2²⁴⌉·2⁸  (f = float32(density); f·2²⁴ is exact)
-    bound = 0  # density ≤ 0 or NaN: nothing is below it
-    if density >= 1.0:
-        bound = 1 << 32
-    elif density > 0.0:
-        bound = math.ceil(struct.unpack("f", struct.pack("f", density))[0] * (1 << 24)) << 8
+    bound = keep_bound(density)
     if numel <= 0 or bound in (0, 1 << 32):
         return torch.full((max(numel, 0),), bound > 0, dtype=torch.bool, device=device)
     out = torch.empty(numel, dtype=torch.bool, device=device)

@@ -28,7 +28,7 @@ from mergebench.methods.selection import (
     streamed_top_k_cut,
     times_mask,
 )
-from mergebench.methods.sparsify import dare_drop, elect_and_merge, keep_count, trim_mask
+from mergebench.methods.sparsify import dare_drop, dropped_views, elect_and_merge, keep_count, trim_mask
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
@@ -101,8 +101,8 @@ def ties(
         from mergebench.methods import fused
 
         weighted = [
-            torch.from_numpy(fused.trimmed(model, views[-1], threshold, cutoff, piece.offset, w))
-            for model, w, (threshold, cutoff) in zip(views[:-1], weight, piece.stats, strict=True)
+            torch.from_numpy(fused.kept(model, views[-1], cut, piece.offset, w))
+            for model, w, cut in zip(views[:-1], weight, piece.stats, strict=True)
         ]
         return elect_and_merge(weighted, weight, normalize, base.reshape(-1), lambda_).view(base.shape)
     weighted = []
@@ -137,6 +137,22 @@ def dare(
     """θ = θ_base + λ·combine_i(w_i·DARE(τ_i)): each entry of τ_i kept with probability density_i,
     survivors ÷ density_i; combined by a weighted sum (``dare_linear``, ÷ Σ w_i with ``normalize``) or
     by TIES' sign election and disjoint mean (``dare_ties``)."""
+    views = float32_views([*models, base])
+    if views is not None:  # one pass per model, then one to combine (``fused``)
+        from mergebench.methods import fused
+
+        flat_base = views[-1]
+        key = (piece.seed, piece.name)
+        parts = [
+            dropped_views(model, flat_base, d, key, i, piece.offset, rescale, w if elect_signs else 1.0)
+            for i, (model, d, w) in enumerate(zip(views[:-1], density, weight, strict=True))
+        ]
+        if elect_signs:
+            merged = elect_and_merge(parts, weight, normalize, base.reshape(-1), lambda_)
+        else:
+            tensors = tuple(part.numpy() for part in parts)
+            merged = fused.summed(tensors, flat_base, lambda_, weight, sum(weight) if normalize else None)
+        return merged.view(base.shape)
     dropped = _dropped(models, base, density, piece, rescale)
     if elect_signs:
         weighted = [d.mul_(w) for d, w in zip(dropped, weight, strict=True)]
