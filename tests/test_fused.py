@@ -11,6 +11,7 @@ import numpy as np
 import pytest
 import torch
 
+from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import fused, sparsify, ties_dare
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece
@@ -80,7 +81,7 @@ def test_magnitude_band_kernel_counts_like_count_and_band(n):
     finite = magnitude[torch.isfinite(magnitude)]
     lo, hi = (float(finite.quantile(0.4)), float(finite.quantile(0.6))) if finite.numel() else (0.0, 1.0)
     for low, high in ((lo, hi), (hi, hi), (0.0, 0.0), (0.0, float("inf"))):
-        above, values, positions = fused.magnitude_band(model.numpy(), base.numpy(), low, high)
+        above, values, positions = fused.band(model.numpy(), low, high, base.numpy())
         band = ((magnitude >= low) & (magnitude <= high)).nonzero().reshape(-1)
         assert above == int((magnitude > high).sum())
         assert torch.equal(positions, band) and torch.equal(bits(values), bits(magnitude[band]))
@@ -99,7 +100,20 @@ def dare(elect_signs: bool):
     return functools.partial(ties_dare.dare, elect_signs=elect_signs)
 
 
+def breadcrumbs(elect_signs: bool):
+    return functools.partial(breadcrumbs_module.breadcrumbs, elect_signs=elect_signs, gamma=[0.01, 0.01])
+
+
+def bands(models, base, offset):
+    """Breadcrumbs' cuts: the first model's band, the second's None (density 1: τ whole)."""
+    magnitude = (models[0] - base).abs().nan_to_num(0.0)
+    high, low = float(magnitude.quantile(0.95)), float(magnitude.quantile(0.5))
+    return [breadcrumbs_module.Band((high, offset + 3000), (low, offset + 2000), 1.25), None]
+
+
 SPARSE = {
+    "breadcrumbs": (breadcrumbs(False), dict(density=[0.45, 1.0], rescale=True, int8_mask=False)),
+    "breadcrumbs_ties": (breadcrumbs(True), dict(density=[0.45, 1.0], rescale=True, int8_mask=False)),
     "ties": (ties_dare.ties, dict(density=[0.2, 0.2], int8_mask=False)),
     "dare_ties": (dare(True), dict(density=[0.3, 1.0], rescale=True, int8_mask=False)),
     "dare_ties_no_rescale": (dare(True), dict(density=[0.0, 0.6], rescale=False, int8_mask=False)),
@@ -117,7 +131,10 @@ def test_methods_take_the_kernels_only_for_contiguous_float32_and_get_the_torch_
     operations) gives the same bits; a strided or float64 tensor never reaches a kernel."""
     function, keywords = SPARSE[method]
     models, base = inputs(2, 4099, seed=11)
-    stats = [(float((m - base).abs().nan_to_num(0.0).quantile(0.8)), offset + 2000) for m in models]
+    if method.startswith("breadcrumbs"):
+        stats = bands(models, base, offset)
+    else:
+        stats = [(float((m - base).abs().nan_to_num(0.0).quantile(0.8)), offset + 2000) for m in models]
     piece = Piece("t", seed=5, stats=stats, offset=offset)
     keywords = dict(keywords, weight=[0.6, -0.4], normalize=normalize, lambda_=0.9)
     assert float32_views([strided(base)]) is None and float32_views([base.double()]) is None

@@ -28,7 +28,7 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import times_mask, top_k_cut
+from mergebench.methods.selection import float32_views, times_mask, top_k_cut
 from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
@@ -83,7 +83,14 @@ def _magnitudes(inputs: TensorInputs, index: int, out: torch.Tensor) -> torch.Te
     """|τ_index| of the whole tensor, into ``out`` slice by slice."""
 
     def fill(start: int, stop: int) -> None:
-        torch.sub(inputs.model(index, start, stop), inputs.base(start, stop), out=out[start:stop]).abs_()
+        model, base, part = inputs.model(index, start, stop), inputs.base(start, stop), out[start:stop]
+        views = float32_views([model, base, part])
+        if views is None:
+            torch.sub(model, base, out=part).abs_()
+        else:
+            from mergebench.methods import fused
+
+            fused.magnitudes(*views)
 
     inputs.slices(fill)
     return out
@@ -130,6 +137,23 @@ def breadcrumbs(
     magnitudes dropped so that ⌊density·n⌋ remain (bands from ``breadcrumbs_stats``), ×‖τ_i‖₁/‖τ̂_i‖₁
     with ``rescale``. combine: Σ (÷ Σ w_i with ``normalize``), or with ``elect_signs`` TIES' election
     of sign(Σ w_i τ̂_i) and the sum of agreeing entries (÷ their total weight with ``normalize``)."""
+    views = float32_views([*models, base])
+    if views is not None:  # one pass per model, one to combine (``fused``)
+        from mergebench.methods import fused
+
+        everything = (float("-inf"), -1)  # density 1: the whole τ
+        parts = [
+            fused.kept(model, views[-1], band.top_and_kept, piece.offset, w, band.top, band.scale)
+            if band is not None
+            else fused.kept(model, views[-1], everything, piece.offset, w)
+            for model, band, w in zip(views[:-1], piece.stats, weight, strict=True)
+        ]
+        flat_base = base.reshape(-1)
+        if elect_signs:
+            tensors = [torch.from_numpy(part) for part in parts]
+            return elect_and_merge(tensors, weight, normalize, flat_base, lambda_).view(base.shape)
+        divisor = sum(weight) if normalize else None
+        return fused.summed(tuple(parts), views[-1], lambda_, None, divisor).view(base.shape)
     weighted = [
         delta.mul_(w)
         for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)

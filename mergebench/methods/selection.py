@@ -93,6 +93,11 @@ def ones_where_zero(values: torch.Tensor) -> torch.Tensor:
 
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk; lo ≤ hi."""
+    views = float32_views([chunk]) if chunk.dim() == 1 else None
+    if views is not None:
+        from mergebench.methods import fused
+
+        return fused.band(views[0], lo, hi)
     array = numpy_view(chunk)
     if array is not None:
         # x > hi ⇔ x ≥ lo and not x ≤ hi (hi ≥ lo; NaN fails both): two compares serve both answers
@@ -121,7 +126,7 @@ def streamed_top_k_cut(
     ``values(0, n, stride)``, the count walks slices ``values(a, b, 1)``);
     ``step`` is the slice length to walk with, ``map`` how the slices are counted (``TensorInputs.map``:
     on idle cores); ``band(start, stop, lo, hi)``, where given, is ``count_and_band`` of
-    ``values(start, stop, 1)`` computed without them (``fused.magnitude_band``); ``materialize()``
+    ``values(start, stop, 1)`` computed without them (``fused.band``); ``materialize()``
     returns all n values as one tensor, used only when the sampled bracket misses.
     """
     if k >= n:

@@ -59,7 +59,7 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
                 return count_and_band(magnitude(index)(start, stop, 1), lo, hi)
             from mergebench.methods import fused
 
-            return fused.magnitude_band(*views, lo, hi)
+            return fused.band(views[0], lo, hi, views[1])
 
         return count
 
