@@ -12,6 +12,7 @@ import pytest
 import torch
 
 from mergebench.methods import breadcrumbs as breadcrumbs_module
+from mergebench.methods import della as della_module
 from mergebench.methods import fused, sparsify, ties_dare
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece
@@ -169,16 +170,77 @@ def test_dare_kernel_hash_wraps_its_counter_like_triple32_in_numpy():
     multiply — here recomputed in numpy uint32 (wrapping) for a piece whose counter wraps."""
     n, first, k1 = 3000, (1 << 32) - 1000, 0x9E3779B9
     h = (np.arange(n, dtype=np.uint64) + first).astype(np.uint32)  # wraps at 2³²
-    for index, (shift, multiplier) in enumerate(sparsify._ROUNDS):
+    for index, (shift, multiplier) in enumerate(sparsify.HASH_ROUNDS):
         h ^= h >> np.uint32(shift)
         h *= np.uint32(multiplier)
         if index == 0:
             h ^= np.uint32(k1)
-    h ^= h >> np.uint32(sparsify._LAST_SHIFT)
+    h ^= h >> np.uint32(sparsify.HASH_LAST_SHIFT)
     bound = sparsify.keep_bound(0.4)
     ones, zeros = np.ones(n, dtype=np.float32), np.zeros(n, dtype=np.float32)
     got = fused.dropped(
-        ones, zeros, [(0, n, first, k1)], sparsify._ROUNDS, sparsify._LAST_SHIFT, bound, 0.4, False, 1.0
+        ones,
+        zeros,
+        [(0, n, first, k1)],
+        sparsify.HASH_ROUNDS,
+        sparsify.HASH_LAST_SHIFT,
+        bound,
+        0.4,
+        False,
+        1.0,
     )
     assert np.array_equal(got, (h < bound).astype(np.float32))
     assert 0.3 < got.mean() < 0.5
+
+
+@pytest.mark.parametrize("elect_signs", [True, False])
+@pytest.mark.parametrize("rescale, scales", [(True, [1.0, 1.0]), (False, [1.0, 1.0]), (True, [1.3, 0.8])])
+def test_della_kernels_are_the_torch_path_bit_for_bit(elect_signs, rescale, scales):
+    """DELLA on float32 rows (keys, numpy's row sort, keep/divide/weigh as ranks come up) and on
+    strided views (torch/numpy operations): same bits, over three blocks of whole rows, with a model
+    at density 1, NaN/±inf/overflowing differences, and L1 factors from the stats (``scales``)."""
+    rows, m = 600, 1000  # 2¹⁸-entry blocks of whole rows: three blocks
+    models, base = inputs(2, rows * m, seed=17)
+    piece = Piece("della.t", seed=3, stats=scales, offset=5 * rows * m, shape=(rows, m))
+    keywords = dict(
+        weight=[0.6, -0.4],
+        density=[0.5, 1.0] if scales[0] != 1.0 else [0.5, 0.35],
+        epsilon=[0.1, 0.05],
+        normalize=True,
+        lambda_=0.9,
+        rescale=rescale,
+        rescale_l1=scales[0] != 1.0,
+        int8_mask=False,
+        elect_signs=elect_signs,
+    )
+    fast = della_module.della([x.view(rows, m) for x in models], base.view(rows, m), piece=piece, **keywords)
+    slow = della_module.della([strided(x) for x in models], strided(base), piece=piece, **keywords)
+    assert torch.equal(bits(fast.reshape(-1)), bits(slow.reshape(-1)))
+
+
+@pytest.mark.parametrize("divide", [True, False])
+def test_magprune_kernel_is_magprune_bit_for_bit(divide):
+    """One model's w·s·MAGPRUNE(τ) from ``fused.magpruned`` equals ``della.magprune`` then the two
+    products: every kept value, and the sign of every dropped zero (a dropped −0 is +0 after ÷ p)."""
+    rows, m = 40, 300
+    (model,), base = inputs(1, rows * m, seed=19)
+    key, offset = ("s", "della.t"), 12345
+    first, k1 = sparsify.counter_key(key, 0, offset, rows * m)
+    step, lowest = della_module.ramp_terms(m, 0.4, 0.15)
+    got = fused.magpruned(
+        model.numpy(),
+        base.numpy(),
+        m,
+        step,
+        lowest,
+        first,
+        k1,
+        sparsify.HASH_ROUNDS,
+        sparsify.HASH_LAST_SHIFT,
+        divide,
+        1.5,
+        -0.7,
+    )
+    delta = (model - base).view(rows, m, 1)
+    expected = della_module.magprune(delta, 0.4, 0.15, key, 0, offset, divide).reshape(-1) * 1.5 * -0.7
+    assert torch.equal(bits(torch.from_numpy(got)), bits(expected))

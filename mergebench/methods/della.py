@@ -45,8 +45,15 @@ from mergebench.methods.registry import (
     normalize_param,
     whole_rows_length,
 )
-from mergebench.methods.selection import numpy_view
-from mergebench.methods.sparsify import disjoint_merge, l1_rescale, uniforms
+from mergebench.methods.selection import float32_views, numpy_view
+from mergebench.methods.sparsify import (
+    HASH_LAST_SHIFT,
+    HASH_ROUNDS,
+    counter_key,
+    disjoint_merge,
+    l1_rescale,
+    uniforms,
+)
 
 BLOCK = 1 << 18  # entries per block of whole rows
 
@@ -119,13 +126,26 @@ def by_rank(rows: torch.Tensor, ramp: torch.Tensor) -> torch.Tensor:
     return out.scatter_(1, order, ramp.to(rows.device).expand(rows.shape))
 
 
+def ramp_terms(m: int, density: float, epsilon: float) -> tuple[float, float]:
+    """(step, lowest): rank r's keep probability in a row of m entries is r·step + lowest, each
+    operation rounded to float64 — density − ε + 2ε·r/(m − 1), density for a row of one."""
+    return (0.0, density) if m == 1 else (2.0 * epsilon / (m - 1), density - epsilon)
+
+
+def keep_ramp(m: int, density: float, epsilon: float) -> torch.Tensor:
+    """The keep probability (float64) of each ascending-magnitude rank of a row of m entries
+    (``ramp_terms``)."""
+    step, lowest = ramp_terms(m, density, epsilon)
+    return torch.arange(m, dtype=torch.float64).mul_(step).add_(lowest)
+
+
 def magprune_probabilities(delta: torch.Tensor, density: float, epsilon: float) -> torch.Tensor:
     """Keep probabilities (float64) of an (outer, m, inner) block of τ: density − ε + 2ε·r/(m − 1),
     r the ascending-magnitude rank along dim 1 (equal magnitudes: lower index first)."""
     m = delta.shape[1]
     if m == 1:
         return torch.full(delta.shape, density, dtype=torch.float64, device=delta.device)
-    ramp = torch.arange(m, dtype=torch.float64).mul_(2.0 * epsilon / (m - 1)).add_(density - epsilon)
+    ramp = keep_ramp(m, density, epsilon)
     if delta.shape[2] == 1:
         return by_rank(delta.view(delta.shape[0], m), ramp).view(delta.shape)
     # ranks along dim 1 of each (m, inner) slab: the rows of its transpose
@@ -231,6 +251,14 @@ def della(
     _, m, inner = row_layout(piece.shape)
     key = (piece.seed, piece.name)
     divide = rescale and not rescale_l1
+    views = float32_views([*models, base])
+    if views is not None and inner == 1 and m <= 1 << KEY_COLUMN_BITS:
+        counters = [counter_key(key, index, piece.offset, base.numel()) for index in range(len(models))]
+        if all(counter is not None for counter in counters):  # no block crosses a hash segment
+            merge = functools.partial(
+                _fused_blocks, views, piece, m, weight, density, epsilon, counters, divide, elect_signs
+            )
+            return merge(normalize, lambda_).view(base.shape)
     flat_base = base.reshape(-1)
     flats = [model.reshape(-1) for model in models]
     out = torch.empty_like(flat_base)
@@ -255,6 +283,61 @@ def della(
             update *= lambda_
         out[start:stop] = update
     return out.add_(flat_base).view(base.shape)
+
+
+def _fused_blocks(
+    views: tuple,
+    piece: Piece,
+    m: int,
+    weight: Sequence[float],
+    density: Sequence[float],
+    epsilon: Sequence[float],
+    counters: Sequence[tuple[int, int]],
+    divide: bool,
+    elect_signs: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """``della``'s blocks through ``fused``'s kernels (rows of m ≤ 2¹⁶ entries, float32 on the CPU):
+    the same keys, draws and arithmetic, one pass per step instead of one per operation."""
+    from mergebench.methods import fused
+
+    flat_base = views[-1]
+    out = torch.empty(flat_base.shape, dtype=torch.float32)
+    everything = (float("-inf"), -1)  # density 1: τ whole
+    for start, stop in spans(flat_base.size, block_length(piece.shape)):
+        base_block = flat_base[start:stop]
+        parts = []
+        for index, model in enumerate(views[:-1]):
+            block = model[start:stop]
+            scale, w = piece.stats[index], weight[index]
+            if density[index] >= 1.0:
+                parts.append(fused.kept(block, base_block, everything, 0, w, scale=scale))
+                continue
+            first, k1 = counters[index]
+            step, lowest = ramp_terms(m, density[index], epsilon[index])
+            parts.append(
+                fused.magpruned(
+                    block,
+                    base_block,
+                    m,
+                    step,
+                    lowest,
+                    first + start,
+                    k1,
+                    HASH_ROUNDS,
+                    HASH_LAST_SHIFT,
+                    divide,
+                    scale,
+                    w,
+                )
+            )
+        if elect_signs:
+            merged = fused.disjoint_merge(tuple(parts), weight, normalize, base_block, lambda_)
+        else:
+            merged = fused.summed(tuple(parts), base_block, lambda_, None, sum(weight) if normalize else None)
+        out[start:stop] = merged
+    return out
 
 
 for _name, _elect, _normalize, _then in (

@@ -135,17 +135,34 @@ def _local(cutoff: int, offset: int, size: int) -> int:
     return min(max(cutoff - offset, -1), size)
 
 
+@intrinsic
+def float_bits(typingctx, x):
+    """A float32's bit pattern as an int32 (LLVM ``bitcast``): torch's ``.view(torch.int32)``."""
+    signature = types.int32(types.float32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
+
+    return signature, codegen
+
+
+@njit(inline="always")
+def _triple32(counter, k1, rounds, last_shift):
+    """``sparsify``'s keyed triple32 of a counter (uint64 arithmetic masked to 32 bits)."""
+    h = counter & M32
+    for index in range(len(rounds)):
+        shift, multiplier = rounds[index]
+        h ^= h >> np.uint64(shift)
+        h = (h * np.uint64(multiplier)) & M32
+        if index == 0:
+            h ^= k1
+    return h ^ (h >> np.uint64(last_shift))
+
+
 @kernel
 def _dropped(model, base, first, k1, rounds, last_shift, bound, density, divide, weight, out):
     for j in range(out.shape[0]):
-        h = (first + np.uint64(j)) & M32  # the counter, wrapping mod 2³²
-        for index in range(len(rounds)):
-            shift, multiplier = rounds[index]
-            h ^= h >> np.uint64(shift)
-            h = (h * np.uint64(multiplier)) & M32
-            if index == 0:
-                h ^= k1
-        h ^= h >> np.uint64(last_shift)
+        h = _triple32(first + np.uint64(j), k1, rounds, last_shift)  # the counter wraps mod 2³²
         kept = (model[j] - base[j]) * (ONE if h < bound else ZERO)
         out[j] = (kept / density if divide else kept) * weight
 
@@ -327,3 +344,87 @@ def band(
 def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
     """|θ − θ_base| into ``out``, as ``torch.sub(…).abs_()`` computes it: one pass, no temporary."""
     _magnitudes(model, base, out)
+
+
+KEY_MAGNITUDE_SHIFT, KEY_COLUMN_MASK, ABOVE_INF = 16, (1 << 16) - 1, 0x7F800001  # della.magnitude_order's
+UNIFORM_STEP = 2.0**-24  # sparsify.uniforms: U = ⌊h / 2⁸⌋·2⁻²⁴
+
+
+# Row kernels index a row's own slices: with offsets from the whole array the compiler did not
+# vectorise (7× slower).
+
+
+@kernel
+def _magnitude_keys(model, base, delta, keys, m):
+    for row_start in range(0, delta.shape[0], m):
+        row = slice(row_start, row_start + m)
+        model_row, base_row, delta_row, keys_row = model[row], base[row], delta[row], keys[row]
+        for column in range(m):
+            difference = model_row[column] - base_row[column]
+            delta_row[column] = difference
+            bits = min(float_bits(abs(difference)), ABOVE_INF)  # every NaN: one value above +inf
+            keys_row[column] = (np.int64(bits) << KEY_MAGNITUDE_SHIFT) + column
+
+
+@kernel
+def _ranks(keys, m, ranks):
+    for row_start in range(0, keys.shape[0], m):
+        row = slice(row_start, row_start + m)
+        keys_row, ranks_row = keys[row], ranks[row]
+        for rank in range(m):
+            ranks_row[keys_row[rank] & KEY_COLUMN_MASK] = rank
+
+
+@kernel
+def _magpruned(delta, ranks, step, lowest, first, k1, rounds, last_shift, divide, scale, weight, out):
+    for j in range(delta.shape[0]):  # in entry order: vectorised
+        p = np.float64(ranks[j]) * step + lowest  # della.keep_ramp's two roundings
+        h = _triple32(first + np.uint64(j), k1, rounds, last_shift)
+        keep = np.float64(h >> np.uint64(8)) * UNIFORM_STEP < p  # float64, as numpy compares
+        if divide:  # (δ / p)·keep + 0.0 in float64, then rounded: a dropped −0 becomes +0
+            kept = np.float32(np.float64(delta[j]) / p * (1.0 if keep else 0.0) + 0.0)
+        else:
+            kept = delta[j] * (ONE if keep else ZERO)
+        out[j] = kept * scale * weight
+
+
+def magpruned(
+    model: np.ndarray,
+    base: np.ndarray,
+    m: int,
+    step: float,
+    lowest: float,
+    first: int,
+    k1: int,
+    rounds: tuple[tuple[int, int], ...],
+    last_shift: int,
+    divide: bool,
+    scale: float,
+    weight: float,
+) -> np.ndarray:
+    """w·s·MAGPRUNE(θ − θ_base) of a block of whole rows of m entries (``della.magprune`` with
+    ``della.magnitude_order``'s keys, keep probability lowest + rank·step as ``della.keep_ramp`` rounds it, DARE's keyed hash from
+    counter ``first``; ``divide``: survivors ÷ p in float64). Four passes: keys, numpy's row sort,
+    each entry's rank, then keep, divide and weigh in entry order."""
+    delta = np.empty_like(model)
+    keys = np.empty(model.shape, dtype=np.int64)
+    _magnitude_keys(model, base, delta, keys, m)
+    keys.reshape(-1, m).sort(axis=1)
+    ranks = np.empty(model.shape, dtype=np.int32)
+    _ranks(keys, m, ranks)
+    out = np.empty_like(model)
+    _magpruned(
+        delta,
+        ranks,
+        step,
+        lowest,
+        np.uint64(first),
+        np.uint64(k1),
+        rounds,
+        last_shift,
+        divide,
+        np.float32(scale),
+        np.float32(weight),
+        out,
+    )
+    return out

@@ -91,8 +91,8 @@ _U32 = np.uint32
 
 # triple32 (C. Wellons, hash-prospector): x ^= x>>17; x *= ed5ad4bb; x ^= x>>11; x *= ac4c1b51;
 # x ^= x>>15; x *= 31848bab; x ^= x>>14 (mod 2³²); k1 is xored in after the first multiply
-_ROUNDS = ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB))
-_LAST_SHIFT = 14
+HASH_ROUNDS = ((17, 0xED5AD4BB), (11, 0xAC4C1B51), (15, 0x31848BAB))
+HASH_LAST_SHIFT = 14
 
 
 def _signed32(c: int) -> int:
@@ -115,6 +115,16 @@ def segment_key(stream: int, segment: int) -> tuple[int, int]:
     z = ((z ^ (z >> 27)) * 0x94D049BB133111EB) & _M64
     z ^= z >> 31
     return z & _M32, z >> 32
+
+
+def counter_key(key: tuple, model_index: int, offset: int, numel: int) -> tuple[int, int] | None:
+    """(first, k1) of flat positions [offset, offset + numel) of model ``model_index``'s draws when
+    they lie in one 2³² segment: position offset + j hashes counter (first + j) mod 2³² with k1; None
+    where the range crosses a segment (two keys)."""
+    if numel > 0 and offset >> 32 != (offset + numel - 1) >> 32:
+        return None
+    (_, _, first, k1), *_ = _pieces(max(numel, 1), offset, max(numel, 1), stream_key(key, model_index))
+    return first, k1
 
 
 def _pieces(numel: int, offset: int, block: int, stream: int):
@@ -146,12 +156,12 @@ def _hashes_numpy(numel: int, stream: int, offset: int):
     for start, n, first, k1 in _pieces(numel, offset, HASH_BLOCK, stream):
         h, s = x[:n], t[:n]
         np.add(counters[:n], _U32(first), out=h)  # the counter, wrapping mod 2³²
-        for index, (shift, multiplier) in enumerate(_ROUNDS):
+        for index, (shift, multiplier) in enumerate(HASH_ROUNDS):
             h ^= np.right_shift(h, _U32(shift), out=s)
             h *= _U32(multiplier)
             if index == 0:
                 h ^= _U32(k1)
-        h ^= np.right_shift(h, _U32(_LAST_SHIFT), out=s)
+        h ^= np.right_shift(h, _U32(HASH_LAST_SHIFT), out=s)
         yield start, h
 
 
@@ -169,12 +179,12 @@ def _hashes_torch(numel: int, stream: int, offset: int, device: torch.device):
         torch.arange(first, first + wrap, dtype=torch.int64, out=h[:wrap])
         if wrap < n:
             torch.arange(0, n - wrap, dtype=torch.int64, out=h[wrap:])
-        for index, (shift, multiplier) in enumerate(_ROUNDS):
+        for index, (shift, multiplier) in enumerate(HASH_ROUNDS):
             h.bitwise_xor_(torch.bitwise_right_shift(h, shift, out=s))
             h.mul_(_signed32(multiplier)).bitwise_and_(_M32)
             if index == 0:
                 h.bitwise_xor_(k1)
-        h.bitwise_xor_(torch.bitwise_right_shift(h, _LAST_SHIFT, out=s))
+        h.bitwise_xor_(torch.bitwise_right_shift(h, HASH_LAST_SHIFT, out=s))
         yield start, h
 
 
@@ -249,7 +259,7 @@ def dropped_views(
     pieces = _pieces(model.size, offset, max(1, model.size), stream_key(key, model_index))
     divide = rescale and density < 1.0  # at density ≥ 1 ``dare_drop`` returns τ as it is
     out = fused.dropped(
-        model, base, pieces, _ROUNDS, _LAST_SHIFT, keep_bound(density), density, divide, weight
+        model, base, pieces, HASH_ROUNDS, HASH_LAST_SHIFT, keep_bound(density), density, divide, weight
     )
     return torch.from_numpy(out)
 
