@@ -14,8 +14,9 @@ import torch
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
 from mergebench.methods import fused, sparsify, ties_dare
+from mergebench.methods import sce as sce_module
 from mergebench.methods.basic import plus_base, weighted_sum
-from mergebench.methods.registry import Piece
+from mergebench.methods.registry import Piece, TensorInputs
 from mergebench.methods.selection import count_and_band, float32_views
 from mergebench.methods.sparsify import disjoint_merge, disjoint_merge_torch, elect_and_merge
 
@@ -244,3 +245,29 @@ def test_magprune_kernel_is_magprune_bit_for_bit(divide):
     delta = (model - base).view(rows, m, 1)
     expected = della_module.magprune(delta, 0.4, 0.15, key, 0, offset, divide).reshape(-1) * 1.5 * -0.7
     assert torch.equal(bits(torch.from_numpy(got)), bits(expected))
+
+
+@pytest.mark.parametrize("count", [2, 3])
+@pytest.mark.parametrize("select_topk", [1.0, 0.4])
+def test_sce_kernels_are_the_torch_path_bit_for_bit(count, select_topk):
+    """SCE's stats (variances, their cut, the energies) and merge through the kernels equal the torch
+    operations (strided inputs) bit for bit: the same selection, weights and output."""
+    models, base = inputs(count, 4099, seed=23 + count)
+    models = [m.nan_to_num(0.0, 1e30, -1e30) for m in models]  # the stats step refuses non-finite input
+    base = base.nan_to_num(0.0)
+    results = []
+    for prepare in (torch.clone, strided):
+        workspace = functools.partial(torch.empty, 4099)
+        tensor_inputs = TensorInputs([prepare(m) for m in models], prepare(base), lambda t: t, workspace)
+        stats = sce_module.sce_stats(tensor_inputs, select_topk=select_topk)
+        piece = Piece("t", stats=stats, offset=0, shape=(4099,))
+        merged = sce_module.sce(
+            [prepare(m) for m in models], prepare(base), select_topk=select_topk, int8_mask=False, piece=piece
+        )
+        results.append((stats, merged))
+    (fast_stats, fast), (slow_stats, slow) = results
+    assert fast_stats.weights == slow_stats.weights
+    assert (fast_stats.selected is None) == (slow_stats.selected is None)
+    if fast_stats.selected is not None:
+        assert torch.equal(fast_stats.selected, slow_stats.selected)
+    assert torch.equal(bits(fast), bits(slow))

@@ -428,3 +428,74 @@ def magpruned(
         out,
     )
     return out
+
+
+@kernel
+def _variance2(model0, model1, base, out):
+    nonzero = 0
+    for j in range(out.shape[0]):
+        spread = np.float64(model0[j] - base[j]) - np.float64(model1[j] - base[j])
+        out[j] = np.float32(spread * spread * 0.25)
+        nonzero += out[j] != ZERO
+    return nonzero
+
+
+def variance2(model0: np.ndarray, model1: np.ndarray, base: np.ndarray, out: np.ndarray) -> int:
+    """``sce.variance`` of two task vectors, ((τ₀ − τ₁)/2)² in float64 rounded once, into ``out``;
+    returns how many are non-zero. One pass."""
+    return int(_variance2(model0, model1, base, out))
+
+
+@kernel
+def _masked_wide(model, base, selected, out):
+    for j in range(out.shape[0]):
+        out[j] = np.float64((model[j] - base[j]) * (ONE if selected[j] else ZERO))
+
+
+def masked_wide(model: np.ndarray, base: np.ndarray, selected: np.ndarray) -> np.ndarray:
+    """(θ − θ_base)·selected, widened to float64 (``sce_stats``' energies before their dot product)."""
+    out = np.empty(model.shape, dtype=np.float64)
+    _masked_wide(model, base, selected, out)
+    return out
+
+
+@kernel
+def _sce_merge(models, base, selected, masked, weights, floor, out):
+    count = len(models)
+    for j in range(out.shape[0]):
+        keep = ONE if (selected[j] or not masked) else ZERO
+        total = (models[0][j] - base[j]) * keep
+        for i in range(1, count):
+            total = total + (models[i][j] - base[j]) * keep
+        elected = -ONE if total < ZERO else ONE  # sign(Σ)+½ then sign: +1 for Σ ≥ 0, ±0 and NaN
+        merged = ZERO
+        divisor = ZERO
+        for i in range(count):
+            delta = (models[i][j] - base[j]) * keep
+            agrees = (ONE if delta * elected > ZERO else ZERO) * weights[i]
+            merged = merged + delta * agrees
+            divisor = divisor + agrees
+        out[j] = merged / max(divisor, floor) + base[j]
+
+
+def sce_merge(
+    models: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    selected: np.ndarray | None,
+    weights: Sequence[float],
+    floor: float,
+) -> torch.Tensor:
+    """``sce.sce`` of a chunk (``selected``: its part of the variance mask, None: every entry):
+    θ_base + Σ w_i[agree]τ̂_i / max(Σ w_i[agree], floor), in torch's operation order. One pass."""
+    out = np.empty_like(base)
+    masked = selected is not None
+    _sce_merge(
+        models,
+        base,
+        selected if masked else np.zeros(1, dtype=np.bool_),
+        masked,
+        np.asarray(weights, dtype=np.float32),
+        np.float32(floor),
+        out,
+    )
+    return torch.from_numpy(out)

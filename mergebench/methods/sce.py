@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import times_mask, top_k_cut
+from mergebench.methods.selection import float32_views, times_mask, top_k_cut
 from mergebench.methods.sparsify import fraction_count, trim_mask
 
 WEIGHT_SUM_GUARD = 1e-6  # mergekit's sce_weight: below this total, uniform weights
@@ -84,6 +84,13 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
         var = inputs.workspace()
 
         def fill(start: int, stop: int) -> int:
+            if inputs.count == 2:
+                parts = [inputs.model(0, start, stop), inputs.model(1, start, stop), inputs.base(start, stop)]
+                views = float32_views([*parts, var[start:stop]])
+                if views is not None:  # one pass (``fused``)
+                    from mergebench.methods import fused
+
+                    return fused.variance2(*views)
             var[start:stop] = variance(_deltas(inputs, start, stop))
             return int(torch.count_nonzero(var[start:stop]))
 
@@ -97,6 +104,15 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
         inputs.slices(mark)
 
     def energies(start: int, stop: int) -> list[float]:
+        if selected is not None:
+            models = [inputs.model(i, start, stop) for i in range(inputs.count)]
+            views = float32_views([*models, inputs.base(start, stop)])
+            if views is not None:  # τ·selected widened in one pass (``fused``), the same dot products
+                from mergebench.methods import fused
+
+                mask = selected[start:stop].numpy()
+                wides = [torch.from_numpy(fused.masked_wide(view, views[-1], mask)) for view in views[:-1]]
+                return [float(wide @ wide) for wide in wides]
         deltas = _deltas(inputs, start, stop)
         if selected is not None:
             deltas = [delta * selected[start:stop] for delta in deltas]
@@ -125,6 +141,12 @@ def sce(
     """θ = θ_base + Σ_i w_i·[sign τ̂_i = s]·τ̂_i / max(Σ_i w_i·[sign τ̂_i = s], 1e-6), where τ̂_i is τ_i
     on the top-variance entries (``sce_stats``), w_i ∝ mean(τ̂_i²) and s = +1 where Σ τ̂_i ≥ 0 else −1."""
     selected, weights = piece.stats
+    views = float32_views([*models, base])
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        mask = piece.part_of(selected, base).numpy().reshape(-1) if selected is not None else None
+        return fused.sce_merge(views[:-1], views[-1], mask, weights, DIVISOR_FLOOR).view(base.shape)
     deltas = [model - base for model in models]
     if selected is not None:
         mask = piece.part_of(selected, base)
