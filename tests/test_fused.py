@@ -14,6 +14,7 @@ import torch
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
 from mergebench.methods import fused, sparsify, ties_dare
+from mergebench.methods import ram as ram_module
 from mergebench.methods import sce as sce_module
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece, TensorInputs
@@ -271,3 +272,24 @@ def test_sce_kernels_are_the_torch_path_bit_for_bit(count, select_topk):
     if fast_stats.selected is not None:
         assert torch.equal(fast_stats.selected, slow_stats.selected)
     assert torch.equal(bits(fast), bits(slow))
+
+
+@pytest.mark.parametrize("count", [1, 2, 3])
+def test_ram_kernels_are_the_torch_path_bit_for_bit(count):
+    """RAM's merge (with RAM+ boosts) and RAM+'s overlap counts through the kernels equal the torch/numpy
+    operations: changes at, below and above ε, NaN/±inf/overflowing differences."""
+    models, base = inputs(count, 4099, seed=29 + count)
+    base[100:150] = 0.0
+    models[0][100:120] = 1e-5  # |τ| exactly ε in float32, just below and above it
+    models[0][120:135] = float(np.nextafter(np.float32(1e-5), np.float32(0)))
+    models[0][135:150] = float(np.nextafter(np.float32(1e-5), np.float32(1)))
+    boosts = [1.0, 1.7, 0.9][:count]
+    fast = ram_module.ram_merge([m.clone() for m in models], base.clone(), 1e-5, boosts)
+    slow = ram_module.ram_merge([strided(m) for m in models], strided(base), 1e-5, boosts)
+    assert torch.equal(bits(fast), bits(slow))
+    finite = [m.nan_to_num(0.0, 1e30, -1e30) for m in models]
+    shared, alone = ram_module.overlap_counts(finite, base.nan_to_num(0.0), 1e-5)
+    assert fused.overlap_counts(tuple(m.numpy() for m in finite), base.nan_to_num(0.0).numpy(), 1e-5) == [
+        *shared,
+        *alone,
+    ]

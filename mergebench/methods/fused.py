@@ -499,3 +499,58 @@ def sce_merge(
         out,
     )
     return torch.from_numpy(out)
+
+
+@kernel
+def _ram_merge(models, base, epsilon, boosts, out):
+    count = len(models)
+    for j in range(out.shape[0]):
+        changes = ZERO  # n: how many models change the entry beyond ε (a float, as torch counts)
+        for i in range(count):
+            changes = changes + (ONE if abs(models[i][j] - base[j]) > epsilon else ZERO)
+        alone = ONE if changes == ONE else ZERO
+        several = ONE if changes > ONE else ZERO
+        shared = max(changes, ONE)
+        merged = ZERO
+        for i in range(count):
+            tau = models[i][j] - base[j]
+            kept = tau * (ONE if abs(tau) > epsilon else ZERO)
+            merged = merged + (kept * alone * boosts[i] + kept * several / shared)
+        out[j] = merged + base[j]
+
+
+def ram_merge(
+    models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float, boosts: Sequence[float]
+) -> torch.Tensor:
+    """``ram.ram_merge`` of float32 chunks: θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n),
+    torch's operations in its order. One pass."""
+    out = np.empty_like(base)
+    _ram_merge(models, base, np.float32(epsilon), np.asarray(boosts, dtype=np.float32), out)
+    return torch.from_numpy(out)
+
+
+@kernel
+def _overlap_counts(models, base, epsilon, counts):
+    # one walk per model with its two counts in locals (vectorised); n recomputed on each walk
+    count = len(models)
+    for i in range(count):
+        model = models[i]
+        shared = 0
+        alone = 0
+        for j in range(base.shape[0]):
+            changes = 0
+            for k in range(count):
+                changes += abs(models[k][j] - base[j]) > epsilon
+            mine = abs(model[j] - base[j]) > epsilon
+            shared += mine & (changes > 1)
+            alone += mine & (changes == 1)
+        counts[i] = shared
+        counts[count + i] = alone
+
+
+def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float) -> list[int]:
+    """``ram.overlap_counts`` of float32 slices, flattened: per model the entries it changes beyond ε
+    that another model changes too, then per model those only it changes. One pass."""
+    counts = np.zeros(2 * len(models), dtype=np.int64)
+    _overlap_counts(models, base, np.float32(epsilon), counts)
+    return [int(c) for c in counts]

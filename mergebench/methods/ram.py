@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import compared, numpy_view
+from mergebench.methods.selection import compared, float32_views, numpy_view
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
@@ -38,6 +38,11 @@ def ram_merge(
     models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float, boosts: Sequence[float]
 ) -> torch.Tensor:
     """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
+    views = float32_views([*models, base])
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        return fused.ram_merge(views[:-1], views[-1], epsilon, boosts).view(base.shape)
     taus, masks, counts = changed(models, base, epsilon)
     unique, overlap = alone_and_shared(counts)
     shared = counts.clamp_(min=1)
@@ -100,7 +105,13 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
 
     def counts(start: int, stop: int) -> list[int]:
         models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        shared_here, unique_here = overlap_counts(models, inputs.base(start, stop), epsilon)
+        base = inputs.base(start, stop)
+        views = float32_views([*models, base])
+        if views is not None:  # one pass (``fused``)
+            from mergebench.methods import fused
+
+            return fused.overlap_counts(views[:-1], views[-1], epsilon)
+        shared_here, unique_here = overlap_counts(models, base, epsilon)
         return [*shared_here, *unique_here]
 
     totals = inputs.sums(counts, 2 * inputs.count)
