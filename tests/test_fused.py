@@ -14,6 +14,7 @@ import torch
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
 from mergebench.methods import fused, sparsify, ties_dare
+from mergebench.methods import model_stock as model_stock_module
 from mergebench.methods import ram as ram_module
 from mergebench.methods import sce as sce_module
 from mergebench.methods.basic import plus_base, weighted_sum
@@ -293,3 +294,22 @@ def test_ram_kernels_are_the_torch_path_bit_for_bit(count):
         *shared,
         *alone,
     ]
+
+
+def test_model_stock_kernels_are_the_torch_path_bit_for_bit():
+    """model_stock's Gram rows (float64 task vectors, one pass each) and its merge through the kernels
+    equal the torch operations (strided inputs): the same t and output bits."""
+    generator = torch.Generator().manual_seed(31)
+    base = torch.randn(64, 67, generator=generator).bfloat16().float()
+    models = [(base + 0.02 * torch.randn(64, 67, generator=generator)).bfloat16().float() for _ in range(3)]
+    results = []
+    for prepare in (torch.clone, lambda t: strided(t.reshape(-1)).view(t.shape)):
+        tensor_inputs = TensorInputs([prepare(m) for m in models], prepare(base))
+        stats = model_stock_module.model_stock_stats(tensor_inputs, filter_wise=False)
+        piece = Piece("t", stats=stats, offset=0, shape=tuple(base.shape))
+        merged = model_stock_module.model_stock(
+            [prepare(m) for m in models], prepare(base), filter_wise=False, piece=piece
+        )
+        results.append((stats, merged))
+    (fast_stats, fast), (slow_stats, slow) = results
+    assert torch.equal(fast_stats, slow_stats) and torch.equal(bits(fast), bits(slow))

@@ -554,3 +554,32 @@ def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: fl
     counts = np.zeros(2 * len(models), dtype=np.int64)
     _overlap_counts(models, base, np.float32(epsilon), counts)
     return [int(c) for c in counts]
+
+
+@kernel
+def _widened_difference(model, base, out):
+    for j in range(out.shape[0]):
+        out[j] = np.float64(model[j] - base[j])
+
+
+def widened_difference(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
+    """float64(θ − θ_base) into ``out`` (a row of ``geometry.read_stacked``'s buffer): the float32
+    difference, then widened — as ``out.copy_(model − base)`` — in one pass, no temporary."""
+    _widened_difference(model, base, out)
+
+
+@kernel
+def _stock(models, base, count, t, one_minus_t, out):
+    for j in range(out.shape[0]):
+        average = models[0][j]
+        for i in range(1, len(models)):
+            average = average + models[i][j]
+        out[j] = average / count * t + base[j] * one_minus_t
+
+
+def stock(models: tuple[np.ndarray, ...], base: np.ndarray, t: float) -> torch.Tensor:
+    """``model_stock``'s t·mean(θ_i) + (1 − t)·θ_base for one t (float32 as torch rounds t, 1 − t and
+    the model count). One pass."""
+    out = np.empty_like(base)
+    _stock(models, base, np.float32(len(models)), np.float32(t), np.float32(1 - t), out)
+    return torch.from_numpy(out)

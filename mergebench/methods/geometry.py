@@ -17,6 +17,7 @@ import torch
 
 from mergebench.mapper import Mapper, in_order, spans
 from mergebench.methods.registry import STATS_CHUNK, TensorInputs
+from mergebench.methods.selection import float32_views
 
 
 @dataclass(frozen=True)
@@ -122,6 +123,12 @@ def read_stacked(
         base = inputs.base(start, stop) if minus_base or base_as_point else None
         for i in range(inputs.count):
             model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
+            views = float32_views([model, base]) if minus_base and x.device.type == "cpu" else None
+            if views is not None:  # one pass, no temporary (``fused``)
+                from mergebench.methods import fused
+
+                fused.widened_difference(*views, x[i].numpy())
+                continue
             x[i].copy_(model - base if minus_base else model)
         if base_as_point:
             x[inputs.count].copy_(base)

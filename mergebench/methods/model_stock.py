@@ -10,6 +10,7 @@ import torch
 from mergebench.errors import ConfigError
 from mergebench.methods.geometry import Vectors, gram, read_stacked
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import float32_views
 
 NORM_PRODUCT_FLOOR = 1e-6  # mergekit: cos = ⟨τ_a, τ_b⟩ / max(‖τ_a‖‖τ_b‖, 1e-6)
 SINGULAR = 1e-6  # |1 + (k − 1) cos θ| below this: no finite ratio, keep the base (t = 0)
@@ -66,9 +67,14 @@ def model_stock(
     vector has cosine 0 with every other (mergekit's floor on the norm product), and where
     1 + (k − 1)·cos θ vanishes t = 0 (the base), as in mergekit. Needs k ≥ 2 finetunes.
     """
+    t = stock_vectors(piece.shape, filter_wise).per_entry(piece.stats, piece.offset, base)
+    views = float32_views([*models, base])
+    if views is not None and isinstance(t, float):  # one t: one pass (``fused``)
+        from mergebench.methods import fused
+
+        return fused.stock(views[:-1], views[-1], t).view(base.shape)
     average = models[0].clone()
     for model in models[1:]:
         average.add_(model)
     average /= len(models)
-    t = stock_vectors(piece.shape, filter_wise).per_entry(piece.stats, piece.offset, base)
     return average.mul_(t).add_(base * (1 - t))  # t·θ̄ + (1 − t)·θ_base, in θ̄'s memory
