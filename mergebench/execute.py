@@ -46,6 +46,9 @@ def chunk_entries(workers: int) -> int:
     return CHUNK * CHUNK_SCALE if workers >= MANY_WORKERS else CHUNK
 
 
+WIDENED = (torch.bfloat16, torch.float32)  # stored dtypes a kernel reads as float32 (``Piece.widen``)
+
+
 def arithmetic_dtype(compute_dtype: torch.dtype | None) -> torch.dtype:
     """Math always accumulates in at least float32 (float64 when asked for)."""
     return torch.float64 if compute_dtype == torch.float64 else torch.float32
@@ -112,6 +115,18 @@ def run_op(
         workspace.append(buffers.take(numel * arith.itemsize))
         return workspace[-1].view(arith)
 
+    # Stored chunks whose float32 values are their bits widened (bf16 or float32 in, float32 math) go to a
+    # method that ``widens`` as they are: its kernels read bf16 directly, no float32 copy per chunk.
+    widen = (
+        chunked
+        and aligned is None
+        and torch.device(device).type == "cpu"
+        and arith == torch.float32
+        and all(
+            v.dtype in WIDENED and op.compute_dtype in (None, torch.float32, v.dtype)
+            for v in ([base] if base is not None else []) + list(models)
+        )
+    )
     spread = helpers.map if helpers is not None and chunked else in_order
     if method.stats is not None or not method.elementwise:
         _require_finite(op, [base] if base is not None else [], models, spread)
@@ -124,11 +139,14 @@ def run_op(
             )
         else:
             convert_slice = convert if chunked else (lambda t: t)
-            inputs = TensorInputs(models, base, convert_slice, lend_workspace, map=spread, **identity)
+            inputs = TensorInputs(
+                models, base, convert_slice, lend_workspace, map=spread, widen=widen, **identity
+            )
         stats = method.stats(inputs, **method.keywords(op.params))
     for buffer in workspace:
         buffers.give(buffer)
-    piece = Piece(op.output.name, op.seed, 0, stats, op.output.shape)
+    stored = widen and method.widens  # chunks handed over as stored
+    piece = Piece(op.output.name, op.seed, 0, stats, op.output.shape, widen=stored)
     if not chunked:
         return to_host(method.apply(models, base, op.params, piece).to(dtype=op.output.dtype), op, buffers)
     flats = [t.reshape(-1) for t in ([base] if base is not None else []) + models]
@@ -142,6 +160,8 @@ def run_op(
         for start in starts:
             if aligned is not None:
                 chunks = [aligned.flat(k, start, start + step) for k in range(len(flats))]
+            elif stored:
+                chunks = [flat[start : start + step] for flat in flats]
             else:
                 chunks = [convert(flat[start : start + step]) for flat in flats]
             part = method.apply(

@@ -11,16 +11,19 @@ import numpy as np
 import pytest
 import torch
 
+import mergebench.execute as execute
+from mergebench.io.writer import TensorSpec
+from mergebench.methods import all_methods, fused, get_method, sparsify, ties_dare
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
-from mergebench.methods import fused, sparsify, ties_dare
 from mergebench.methods import model_stock as model_stock_module
 from mergebench.methods import ram as ram_module
 from mergebench.methods import sce as sce_module
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.methods.selection import count_and_band, float32_views
+from mergebench.methods.selection import count_and_band, kernel_views
 from mergebench.methods.sparsify import disjoint_merge, disjoint_merge_torch, elect_and_merge
+from mergebench.planner import Merge
 
 SPECIAL = [float("nan"), -0.0, 0.0, float("inf"), -float("inf"), 3.0e38, -3.0e38, 0.5, -0.5]
 
@@ -141,7 +144,7 @@ def test_methods_take_the_kernels_only_for_contiguous_float32_and_get_the_torch_
         stats = [(float((m - base).abs().nan_to_num(0.0).quantile(0.8)), offset + 2000) for m in models]
     piece = Piece("t", seed=5, stats=stats, offset=offset)
     keywords = dict(keywords, weight=[0.6, -0.4], normalize=normalize, lambda_=0.9)
-    assert float32_views([strided(base)]) is None and float32_views([base.double()]) is None
+    assert kernel_views([strided(base)]) is None and kernel_views([base.double()]) is None
     fast = function([m.clone() for m in models], base.clone(), piece=piece, **keywords)
     slow = function([strided(m) for m in models], strided(base), piece=piece, **keywords)
     assert torch.equal(bits(fast), bits(slow))
@@ -313,3 +316,71 @@ def test_model_stock_kernels_are_the_torch_path_bit_for_bit():
         results.append((stats, merged))
     (fast_stats, fast), (slow_stats, slow) = results
     assert torch.equal(fast_stats, slow_stats) and torch.equal(bits(fast), bits(slow))
+
+
+# Parameters that make each method that ``widens`` do all of its work (the rest: their defaults).
+WIDENED_CASES = {
+    "ties": {"weight": 0.6, "density": 0.3},
+    "dare_ties": {"weight": 0.6, "density": 0.4},
+    "dare_linear": {"weight": 0.6, "density": 0.4},
+    "breadcrumbs": {"weight": 0.6, "density": 0.5, "gamma": 0.05, "rescale": True},
+    "breadcrumbs_ties": {"weight": 0.6, "density": 0.3, "gamma": 0.05},
+    "della": {"weight": 0.6, "density": 0.5, "epsilon": 0.1},
+    "della_linear": {"weight": 0.6, "density": 0.5, "epsilon": 0.1},
+    "sce": {"select_topk": 0.5},
+    "ram": {"epsilon": 0.01},
+    "ramplus_tl": {"epsilon": 0.01, "r": 0.5, "alpha": 0.3},
+    "model_stock": {},
+    "model_stock/filter_wise": {"filter_wise": True},
+}
+
+
+def widened_job(case: str, shape: tuple[int, ...], count: int) -> Merge:
+    method = get_method(case.split("/")[0])
+    chosen = WIDENED_CASES[case]
+    params = {}
+    for param in method.params:
+        value = chosen.get(param.name, param.default)
+        params[param.name] = (value,) * count if param.per_model else value
+    return Merge(
+        output=TensorSpec("model.layers.0.mlp.up_proj.weight", shape, torch.bfloat16),
+        method=method,
+        base=Stored(),
+        models=(Stored(),) * count,
+        params=params,
+        compute_dtype=None,
+        seed=3,
+    )
+
+
+class Stored:
+    """An input whose stored tensor the test passes in directly."""
+
+    refs = (None,)
+
+    def build(self, tensors):
+        return tensors[0]
+
+
+def test_every_method_that_widens_is_flagged_here():
+    flagged = {name for name, method in all_methods().items() if method.widens}
+    assert flagged == {case.split("/")[0] for case in WIDENED_CASES}
+
+
+@pytest.mark.parametrize("case", sorted(WIDENED_CASES))
+@pytest.mark.parametrize("shape", [(70, 131), (9, 40, 23)])
+def test_stored_bf16_chunks_give_the_bits_of_their_float32_values(monkeypatch, case, shape):
+    """A method that ``widens`` reads bf16 chunks as stored (kernels widen each entry as they read it;
+    where no kernel applies — 3-D DELLA, filter-wise model_stock — ``widened`` converts first): the
+    output has the bits of the same merge of float32 copies of those values, chunked and whole."""
+    monkeypatch.setattr(execute, "CHUNK", 1000)  # many chunks, misaligned with rows
+    generator = torch.Generator().manual_seed(37)
+    base = torch.randn(*shape, generator=generator)
+    # quantised deltas: ties at RAM's ε and at the trims' thresholds
+    stored = [base, *(base + torch.randint(-3, 4, shape, generator=generator) * 0.01 for _ in range(2))]
+    stored = [t.bfloat16() for t in stored]
+    job = widened_job(case, shape, 2)
+    as_bf16 = execute.run_op(job, stored)
+    as_float32 = execute.run_op(job, [t.float() for t in stored])
+    assert torch.equal(as_bf16.view(torch.int16), as_float32.view(torch.int16))
+    assert not torch.equal(as_bf16, stored[0])  # the merge did something

@@ -28,7 +28,7 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import float32_views, times_mask, top_k_cut
+from mergebench.methods.selection import kernel_views, times_mask, top_k_cut, widened
 from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
@@ -83,14 +83,16 @@ def _magnitudes(inputs: TensorInputs, index: int, out: torch.Tensor) -> torch.Te
     """|τ_index| of the whole tensor, into ``out`` slice by slice."""
 
     def fill(start: int, stop: int) -> None:
-        model, base, part = inputs.model(index, start, stop), inputs.base(start, stop), out[start:stop]
-        views = float32_views([model, base, part])
+        part = out[start:stop]
+        views = kernel_views(
+            [inputs.stored(index, start, stop), inputs.stored(None, start, stop)], inputs.widen
+        )
         if views is None:
-            torch.sub(model, base, out=part).abs_()
+            torch.sub(inputs.model(index, start, stop), inputs.base(start, stop), out=part).abs_()
         else:
             from mergebench.methods import fused
 
-            fused.magnitudes(*views)
+            fused.magnitudes(*views, part.numpy())
 
     inputs.slices(fill)
     return out
@@ -137,7 +139,7 @@ def breadcrumbs(
     magnitudes dropped so that ⌊density·n⌋ remain (bands from ``breadcrumbs_stats``), ×‖τ_i‖₁/‖τ̂_i‖₁
     with ``rescale``. combine: Σ (÷ Σ w_i with ``normalize``), or with ``elect_signs`` TIES' election
     of sign(Σ w_i τ̂_i) and the sum of agreeing entries (÷ their total weight with ``normalize``)."""
-    views = float32_views([*models, base])
+    views = kernel_views([*models, base], piece.widen)
     if views is not None:  # one pass per model, one to combine (``fused``)
         from mergebench.methods import fused
 
@@ -151,9 +153,12 @@ def breadcrumbs(
         flat_base = base.reshape(-1)
         if elect_signs:
             tensors = [torch.from_numpy(part) for part in parts]
-            return elect_and_merge(tensors, weight, normalize, flat_base, lambda_).view(base.shape)
+            return elect_and_merge(tensors, weight, normalize, flat_base, lambda_, piece.widen).view(
+                base.shape
+            )
         divisor = sum(weight) if normalize else None
         return fused.summed(tuple(parts), views[-1], lambda_, None, divisor).view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
     weighted = [
         delta.mul_(w)
         for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)
@@ -179,4 +184,5 @@ for _name, _elect, _then in (
         elementwise=True,
         stats=breadcrumbs_stats,
         summary=f"τ̂_i = τ_i without its top-gamma and bottom magnitudes (density kept); {_then}",
+        widens=True,
     )(functools.partial(breadcrumbs, elect_signs=_elect))

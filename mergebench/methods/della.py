@@ -45,7 +45,7 @@ from mergebench.methods.registry import (
     normalize_param,
     whole_rows_length,
 )
-from mergebench.methods.selection import float32_views, numpy_view
+from mergebench.methods.selection import kernel_views, numpy_view, widened
 from mergebench.methods.sparsify import (
     HASH_LAST_SHIFT,
     HASH_ROUNDS,
@@ -251,7 +251,7 @@ def della(
     _, m, inner = row_layout(piece.shape)
     key = (piece.seed, piece.name)
     divide = rescale and not rescale_l1
-    views = float32_views([*models, base])
+    views = kernel_views([*models, base], piece.widen)
     if views is not None and inner == 1 and m <= 1 << KEY_COLUMN_BITS:
         counters = [counter_key(key, index, piece.offset, base.numel()) for index in range(len(models))]
         if all(counter is not None for counter in counters):  # no block crosses a hash segment
@@ -259,6 +259,7 @@ def della(
                 _fused_blocks, views, piece, m, weight, density, epsilon, counters, divide, elect_signs
             )
             return merge(normalize, lambda_).view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
     flat_base = base.reshape(-1)
     flats = [model.reshape(-1) for model in models]
     out = torch.empty_like(flat_base)
@@ -362,4 +363,5 @@ for _name, _elect, _normalize, _then in (
         stats=della_stats,
         check=della_param_problems,
         summary=f"τ̂_i keeps entry j w.p. p_j = density ± ε by magnitude rank in its row, ÷ p_j; {_then}",
+        widens=True,
     )(functools.partial(della, elect_signs=_elect))

@@ -11,7 +11,7 @@ Contract: a kernel gives the same bits as the torch expressions it stands for (t
 the path on a GPU and for dtypes other than float32): the same float32 operations in the same order,
 no reassociation or fused multiply-add (numba's default), the same treatment of ±0, NaN and ±inf
 (``tests/test_fused.py`` compares bit patterns). Callers use a kernel only where
-``selection.float32_views`` gives arrays.
+``selection.kernel_views`` gives arrays.
 
 Imported lazily (``import numba`` costs ~0.15 s): only a run that merges on the CPU with these
 methods pays it.
@@ -25,12 +25,22 @@ import numpy as np
 import torch
 from llvmlite import ir
 from numba import njit, types
-from numba.extending import intrinsic
+from numba.extending import intrinsic, overload
 
 ZERO, ONE = np.float32(0.0), np.float32(1.0)
 M32 = np.uint64((1 << 32) - 1)
 
-kernel = njit(cache=True, nogil=True, boundscheck=False, error_model="numpy")  # x/0: ±inf or NaN, as torch
+OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")  # x/0: ±inf or NaN, as torch
+
+
+def kernel(function):
+    """A compiled kernel, its machine code cached on disk (beside this file, else in the user's cache
+    directory, or where NUMBA_CACHE_DIR says) so only the first run compiles it (~0.2 s a kernel);
+    where no directory is writable (a read-only install, no home), compiled in each process instead."""
+    try:
+        return njit(cache=True, **OPTIONS)(function)
+    except RuntimeError:  # numba: "cannot cache function …: no locator available"
+        return njit(**OPTIONS)(function)
 
 
 @intrinsic
@@ -65,7 +75,7 @@ def _disjoint_merge(weighted, weights, normalize, lambda_, base, add_base, out):
             divisor = divisor + agrees * weights[i]
         if normalize:
             merged = merged / (ONE if divisor == ZERO else divisor)
-        out[j] = merged * lambda_ + base[j] if add_base else merged
+        out[j] = merged * lambda_ + widen(base[j]) if add_base else merged
 
 
 def disjoint_merge(
@@ -77,7 +87,7 @@ def disjoint_merge(
 ) -> torch.Tensor:
     """``sparsify.disjoint_merge`` over float32 views (then, with ``base``, θ_base + λ·merged as
     ``basic.plus_base`` computes it): one pass."""
-    out = np.empty_like(weighted[0])
+    out = np.empty(weighted[0].shape, dtype=np.float32)
     with_base = base is not None
     _disjoint_merge(
         weighted,
@@ -94,7 +104,7 @@ def disjoint_merge(
 @kernel
 def _kept(model, base, keep, keep_cutoff, drop, drop_cutoff, scale, weight, out):
     for j in range(out.shape[0]):
-        delta = model[j] - base[j]
+        delta = widen(model[j]) - widen(base[j])
         magnitude = abs(delta)
         inside = (magnitude > keep) | ((magnitude == keep) & (j <= keep_cutoff))
         above = (magnitude > drop) | ((magnitude == drop) & (j <= drop_cutoff))
@@ -115,7 +125,7 @@ def kept(
     ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does; the default ``drop``
     holds nothing). TIES' trim (``drop`` and ``scale`` left out) and breadcrumbs' band; the products in
     the torch path's order. One pass."""
-    out = np.empty_like(model)
+    out = np.empty(model.shape, dtype=np.float32)
     _kept(
         model,
         base,
@@ -133,6 +143,33 @@ def kept(
 def _local(cutoff: int, offset: int, size: int) -> int:
     """A tie cutoff relative to a chunk at ``offset``, clipped to [-1, size] (fits int64 either way)."""
     return min(max(cutoff - offset, -1), size)
+
+
+@intrinsic
+def _bfloat16_value(typingctx, x):
+    """The float32 of a bfloat16's 16 bits (uint16): its bits in the top half, exactly as torch widens."""
+    signature = types.float32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        bits = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return signature, codegen
+
+
+def widen(value):
+    """An input entry as float32: a float32 as it is, a stored bfloat16 (its bits, uint16) widened —
+    kernels read bf16 checkpoints' chunks directly instead of a widened float32 copy of each."""
+    return value
+
+
+@overload(widen, inline="always")
+def _widen(value):
+    if isinstance(value, types.Float):
+        return lambda value: value
+    if value == types.uint16:
+        return lambda value: _bfloat16_value(value)
+    return None
 
 
 @intrinsic
@@ -163,7 +200,7 @@ def _triple32(counter, k1, rounds, last_shift):
 def _dropped(model, base, first, k1, rounds, last_shift, bound, density, divide, weight, out):
     for j in range(out.shape[0]):
         h = _triple32(first + np.uint64(j), k1, rounds, last_shift)  # the counter wraps mod 2³²
-        kept = (model[j] - base[j]) * (ONE if h < bound else ZERO)
+        kept = (widen(model[j]) - widen(base[j])) * (ONE if h < bound else ZERO)
         out[j] = (kept / density if divide else kept) * weight
 
 
@@ -182,7 +219,7 @@ def dropped(
     (``sparsify.keep_mask``: triple32 with ``rounds``, kept where h < ``bound``) computed beside the
     difference instead of into a mask first; ``pieces`` are ``sparsify._pieces`` of the chunk; the
     operations in ``sparsify.dare_drop``'s order, then the weight. One pass."""
-    out = np.empty_like(model)
+    out = np.empty(model.shape, dtype=np.float32)
     for start, n, first, k1 in pieces:
         stop = start + n
         _dropped(
@@ -215,7 +252,7 @@ def _weighted_sum(tensors, weights, mode, divide, divisor, lambda_, base, out):
                 total = total + tensors[i][j]
         if divide:
             total = total / divisor
-        out[j] = total * lambda_ + base[j]
+        out[j] = total * lambda_ + widen(base[j])
 
 
 def summed(
@@ -228,7 +265,7 @@ def summed(
     """θ_base + λ·(Σ_i x_i ÷ ``divisor``): with ``weights`` Σ w_i·x_i as ``basic.weighted_sum``
     accumulates it, without them the x_i already weighted, added in order; the division (where given)
     and ``basic.plus_base`` in float32 as torch computes them. One pass."""
-    out = np.empty_like(base)
+    out = np.empty(base.shape, dtype=np.float32)
     _weighted_sum(
         tensors,
         np.asarray(weights if weights is not None else [1.0] * len(tensors), dtype=np.float32),
@@ -304,13 +341,13 @@ def _band_of_magnitudes(model, base, lo, hi, positions):
         bits = np.uint64(0)
         for k in range(64):
             j = start + k
-            value = abs(model[j] - base[j])
+            value = abs(widen(model[j]) - widen(base[j]))
             bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(k)
             above += value > hi  # NaN counts in neither
         found = _collect(bits, start, positions, found)
     bits = np.uint64(0)
     for j in range(full, n):
-        value = abs(model[j] - base[j])
+        value = abs(widen(model[j]) - widen(base[j]))
         bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(j - full)
         above += value > hi
     return above, _collect(bits, full, positions, found)
@@ -319,7 +356,7 @@ def _band_of_magnitudes(model, base, lo, hi, positions):
 @kernel
 def _magnitudes(model, base, out):
     for j in range(out.shape[0]):
-        out[j] = abs(model[j] - base[j])
+        out[j] = abs(widen(model[j]) - widen(base[j]))
 
 
 def band(
@@ -360,7 +397,7 @@ def _magnitude_keys(model, base, delta, keys, m):
         row = slice(row_start, row_start + m)
         model_row, base_row, delta_row, keys_row = model[row], base[row], delta[row], keys[row]
         for column in range(m):
-            difference = model_row[column] - base_row[column]
+            difference = widen(model_row[column]) - widen(base_row[column])
             delta_row[column] = difference
             bits = min(float_bits(abs(difference)), ABOVE_INF)  # every NaN: one value above +inf
             keys_row[column] = (np.int64(bits) << KEY_MAGNITUDE_SHIFT) + column
@@ -406,13 +443,13 @@ def magpruned(
     ``della.magnitude_order``'s keys, keep probability lowest + rank·step as ``della.keep_ramp`` rounds it, DARE's keyed hash from
     counter ``first``; ``divide``: survivors ÷ p in float64). Four passes: keys, numpy's row sort,
     each entry's rank, then keep, divide and weigh in entry order."""
-    delta = np.empty_like(model)
+    delta = np.empty(model.shape, dtype=np.float32)
     keys = np.empty(model.shape, dtype=np.int64)
     _magnitude_keys(model, base, delta, keys, m)
     keys.reshape(-1, m).sort(axis=1)
     ranks = np.empty(model.shape, dtype=np.int32)
     _ranks(keys, m, ranks)
-    out = np.empty_like(model)
+    out = np.empty(model.shape, dtype=np.float32)
     _magpruned(
         delta,
         ranks,
@@ -434,7 +471,7 @@ def magpruned(
 def _variance2(model0, model1, base, out):
     nonzero = 0
     for j in range(out.shape[0]):
-        spread = np.float64(model0[j] - base[j]) - np.float64(model1[j] - base[j])
+        spread = np.float64(widen(model0[j]) - widen(base[j])) - np.float64(widen(model1[j]) - widen(base[j]))
         out[j] = np.float32(spread * spread * 0.25)
         nonzero += out[j] != ZERO
     return nonzero
@@ -449,7 +486,7 @@ def variance2(model0: np.ndarray, model1: np.ndarray, base: np.ndarray, out: np.
 @kernel
 def _masked_wide(model, base, selected, out):
     for j in range(out.shape[0]):
-        out[j] = np.float64((model[j] - base[j]) * (ONE if selected[j] else ZERO))
+        out[j] = np.float64((widen(model[j]) - widen(base[j])) * (ONE if selected[j] else ZERO))
 
 
 def masked_wide(model: np.ndarray, base: np.ndarray, selected: np.ndarray) -> np.ndarray:
@@ -464,18 +501,18 @@ def _sce_merge(models, base, selected, masked, weights, floor, out):
     count = len(models)
     for j in range(out.shape[0]):
         keep = ONE if (selected[j] or not masked) else ZERO
-        total = (models[0][j] - base[j]) * keep
+        total = (widen(models[0][j]) - widen(base[j])) * keep
         for i in range(1, count):
-            total = total + (models[i][j] - base[j]) * keep
+            total = total + (widen(models[i][j]) - widen(base[j])) * keep
         elected = -ONE if total < ZERO else ONE  # sign(Σ)+½ then sign: +1 for Σ ≥ 0, ±0 and NaN
         merged = ZERO
         divisor = ZERO
         for i in range(count):
-            delta = (models[i][j] - base[j]) * keep
+            delta = (widen(models[i][j]) - widen(base[j])) * keep
             agrees = (ONE if delta * elected > ZERO else ZERO) * weights[i]
             merged = merged + delta * agrees
             divisor = divisor + agrees
-        out[j] = merged / max(divisor, floor) + base[j]
+        out[j] = merged / max(divisor, floor) + widen(base[j])
 
 
 def sce_merge(
@@ -487,7 +524,7 @@ def sce_merge(
 ) -> torch.Tensor:
     """``sce.sce`` of a chunk (``selected``: its part of the variance mask, None: every entry):
     θ_base + Σ w_i[agree]τ̂_i / max(Σ w_i[agree], floor), in torch's operation order. One pass."""
-    out = np.empty_like(base)
+    out = np.empty(base.shape, dtype=np.float32)
     masked = selected is not None
     _sce_merge(
         models,
@@ -507,16 +544,16 @@ def _ram_merge(models, base, epsilon, boosts, out):
     for j in range(out.shape[0]):
         changes = ZERO  # n: how many models change the entry beyond ε (a float, as torch counts)
         for i in range(count):
-            changes = changes + (ONE if abs(models[i][j] - base[j]) > epsilon else ZERO)
+            changes = changes + (ONE if abs(widen(models[i][j]) - widen(base[j])) > epsilon else ZERO)
         alone = ONE if changes == ONE else ZERO
         several = ONE if changes > ONE else ZERO
         shared = max(changes, ONE)
         merged = ZERO
         for i in range(count):
-            tau = models[i][j] - base[j]
+            tau = widen(models[i][j]) - widen(base[j])
             kept = tau * (ONE if abs(tau) > epsilon else ZERO)
             merged = merged + (kept * alone * boosts[i] + kept * several / shared)
-        out[j] = merged + base[j]
+        out[j] = merged + widen(base[j])
 
 
 def ram_merge(
@@ -524,7 +561,7 @@ def ram_merge(
 ) -> torch.Tensor:
     """``ram.ram_merge`` of float32 chunks: θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n),
     torch's operations in its order. One pass."""
-    out = np.empty_like(base)
+    out = np.empty(base.shape, dtype=np.float32)
     _ram_merge(models, base, np.float32(epsilon), np.asarray(boosts, dtype=np.float32), out)
     return torch.from_numpy(out)
 
@@ -540,8 +577,8 @@ def _overlap_counts(models, base, epsilon, counts):
         for j in range(base.shape[0]):
             changes = 0
             for k in range(count):
-                changes += abs(models[k][j] - base[j]) > epsilon
-            mine = abs(model[j] - base[j]) > epsilon
+                changes += abs(widen(models[k][j]) - widen(base[j])) > epsilon
+            mine = abs(widen(model[j]) - widen(base[j])) > epsilon
             shared += mine & (changes > 1)
             alone += mine & (changes == 1)
         counts[i] = shared
@@ -559,7 +596,7 @@ def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: fl
 @kernel
 def _widened_difference(model, base, out):
     for j in range(out.shape[0]):
-        out[j] = np.float64(model[j] - base[j])
+        out[j] = np.float64(widen(model[j]) - widen(base[j]))
 
 
 def widened_difference(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
@@ -571,15 +608,15 @@ def widened_difference(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> 
 @kernel
 def _stock(models, base, count, t, one_minus_t, out):
     for j in range(out.shape[0]):
-        average = models[0][j]
+        average = widen(models[0][j])
         for i in range(1, len(models)):
-            average = average + models[i][j]
-        out[j] = average / count * t + base[j] * one_minus_t
+            average = average + widen(models[i][j])
+        out[j] = average / count * t + widen(base[j]) * one_minus_t
 
 
 def stock(models: tuple[np.ndarray, ...], base: np.ndarray, t: float) -> torch.Tensor:
     """``model_stock``'s t·mean(θ_i) + (1 − t)·θ_base for one t (float32 as torch rounds t, 1 − t and
     the model count). One pass."""
-    out = np.empty_like(base)
+    out = np.empty(base.shape, dtype=np.float32)
     _stock(models, base, np.float32(len(models)), np.float32(t), np.float32(1 - t), out)
     return torch.from_numpy(out)

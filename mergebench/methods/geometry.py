@@ -17,7 +17,7 @@ import torch
 
 from mergebench.mapper import Mapper, in_order, spans
 from mergebench.methods.registry import STATS_CHUNK, TensorInputs
-from mergebench.methods.selection import float32_views
+from mergebench.methods.selection import kernel_views
 
 
 @dataclass(frozen=True)
@@ -121,14 +121,16 @@ def read_stacked(
         rows = inputs.count + (1 if base_as_point else 0)
         x = torch.empty(rows, stop - start, dtype=torch.float64, device=inputs.device)
         base = inputs.base(start, stop) if minus_base or base_as_point else None
+        stored_base = inputs.stored(None, start, stop) if minus_base and x.device.type == "cpu" else None
         for i in range(inputs.count):
-            model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
-            views = float32_views([model, base]) if minus_base and x.device.type == "cpu" else None
-            if views is not None:  # one pass, no temporary (``fused``)
-                from mergebench.methods import fused
+            if stored_base is not None:
+                views = kernel_views([inputs.stored(i, start, stop), stored_base], inputs.widen)
+                if views is not None:  # one pass, no temporary (``fused``)
+                    from mergebench.methods import fused
 
-                fused.widened_difference(*views, x[i].numpy())
-                continue
+                    fused.widened_difference(*views, x[i].numpy())
+                    continue
+            model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
             x[i].copy_(model - base if minus_base else model)
         if base_as_point:
             x[inputs.count].copy_(base)

@@ -10,7 +10,7 @@ import torch
 from mergebench.errors import ConfigError
 from mergebench.methods.geometry import Vectors, gram, read_stacked
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import float32_views
+from mergebench.methods.selection import kernel_views, widened
 
 NORM_PRODUCT_FLOOR = 1e-6  # mergekit: cos = ⟨τ_a, τ_b⟩ / max(‖τ_a‖‖τ_b‖, 1e-6)
 SINGULAR = 1e-6  # |1 + (k − 1) cos θ| below this: no finite ratio, keep the base (t = 0)
@@ -55,6 +55,7 @@ def model_stock_stats(inputs: TensorInputs, *, filter_wise: bool) -> torch.Tenso
     elementwise=True,
     stats=model_stock_stats,
     summary="t·mean(θ_i) + (1−t)·θ_base, t = k·cosθ / (1 + (k−1)·cosθ), cosθ the mean pairwise cosine of τ_i",
+    widens=True,
 )
 def model_stock(
     models: Sequence[torch.Tensor], base: torch.Tensor, *, filter_wise: bool, piece: Piece
@@ -67,12 +68,15 @@ def model_stock(
     vector has cosine 0 with every other (mergekit's floor on the norm product), and where
     1 + (k − 1)·cos θ vanishes t = 0 (the base), as in mergekit. Needs k ≥ 2 finetunes.
     """
-    t = stock_vectors(piece.shape, filter_wise).per_entry(piece.stats, piece.offset, base)
-    views = float32_views([*models, base])
-    if views is not None and isinstance(t, float):  # one t: one pass (``fused``)
+    vectors = stock_vectors(piece.shape, filter_wise)
+    views = kernel_views([*models, base], piece.widen)
+    if views is not None and vectors.count == 1:  # one t: one pass (``fused``)
         from mergebench.methods import fused
 
+        t = float(piece.stats[0])
         return fused.stock(views[:-1], views[-1], t).view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
+    t = vectors.per_entry(piece.stats, piece.offset, base)
     average = models[0].clone()
     for model in models[1:]:
         average.add_(model)

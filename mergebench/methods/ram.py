@@ -11,7 +11,7 @@ import numpy as np
 import torch
 
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import compared, float32_views, numpy_view
+from mergebench.methods.selection import compared, kernel_views, numpy_view, widened
 
 EPSILON = Param("epsilon", float, 1e-5, valid=lambda v: v >= 0, expect="≥ 0")
 
@@ -35,14 +35,20 @@ def alone_and_shared(counts: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
 
 
 def ram_merge(
-    models: Sequence[torch.Tensor], base: torch.Tensor, epsilon: float, boosts: Sequence[float]
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    epsilon: float,
+    boosts: Sequence[float],
+    widen: bool = False,
 ) -> torch.Tensor:
-    """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry."""
-    views = float32_views([*models, base])
+    """θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n), n = #models with |τ| > ε at the entry;
+    the chunks may be stored ones with ``widen`` (``Piece.widen``)."""
+    views = kernel_views([*models, base], widen)
     if views is not None:  # one pass (``fused``)
         from mergebench.methods import fused
 
         return fused.ram_merge(views[:-1], views[-1], epsilon, boosts).view(base.shape)
+    *models, base = widened([*models, base], widen)
     taus, masks, counts = changed(models, base, epsilon)
     unique, overlap = alone_and_shared(counts)
     shared = counts.clamp_(min=1)
@@ -62,6 +68,7 @@ def ram_merge(
     base="required",
     elementwise=True,
     summary="θ_base + per entry: the one τ_i with |τ_i| > ε, or the mean of those τ_i when several",
+    widens=True,
 )
 def ram(models: Sequence[torch.Tensor], base: torch.Tensor, *, epsilon: float, piece: Piece) -> torch.Tensor:
     """θ = θ_base + Σ_i τ_i·m_i·([n = 1] + [n > 1]/n), τ_i = θ_i − θ_base, m_i = [|τ_i| > ε], n = Σ m_i.
@@ -69,7 +76,7 @@ def ram(models: Sequence[torch.Tensor], base: torch.Tensor, *, epsilon: float, p
     An entry only one model changed (beyond ε) takes that change whole; one several changed takes the
     mean of their changes (a disjoint mean, no signs elected); unchanged entries stay the base's.
     """
-    return ram_merge(models, base, epsilon, [1.0] * len(models))
+    return ram_merge(models, base, epsilon, [1.0] * len(models), piece.widen)
 
 
 def overlap_counts(
@@ -104,14 +111,14 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
     counted over the whole tensor (tensor-local)."""
 
     def counts(start: int, stop: int) -> list[int]:
-        models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-        base = inputs.base(start, stop)
-        views = float32_views([*models, base])
+        stored = [inputs.stored(i, start, stop) for i in range(inputs.count)]
+        views = kernel_views([*stored, inputs.stored(None, start, stop)], inputs.widen)
         if views is not None:  # one pass (``fused``)
             from mergebench.methods import fused
 
             return fused.overlap_counts(views[:-1], views[-1], epsilon)
-        shared_here, unique_here = overlap_counts(models, base, epsilon)
+        models = [inputs.model(i, start, stop) for i in range(inputs.count)]
+        shared_here, unique_here = overlap_counts(models, inputs.base(start, stop), epsilon)
         return [*shared_here, *unique_here]
 
     totals = inputs.sums(counts, 2 * inputs.count)
@@ -127,6 +134,7 @@ def ramplus_boosts(inputs: TensorInputs, *, r: float, alpha: float, epsilon: flo
     elementwise=True,
     stats=ramplus_boosts,
     summary="ram with each model's unique changes scaled by λ_i = 1 + r·clamp(shared_i/unique_i, 0, α)",
+    widens=True,
 )
 def ramplus_tl(
     models: Sequence[torch.Tensor],
@@ -143,4 +151,4 @@ def ramplus_tl(
     counted over this tensor (RAM+, tensor-local variant, mergekit's definition): a model whose changes
     mostly overlap has its unique changes amplified, by at most r·α.
     """
-    return ram_merge(models, base, epsilon, piece.stats)
+    return ram_merge(models, base, epsilon, piece.stats, piece.widen)

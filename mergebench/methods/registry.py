@@ -87,6 +87,9 @@ class Piece:
     offset: int = 0  # flat index of the first entry (0 for a whole tensor)
     stats: Any = None  # the method's ``stats`` result for the whole tensor
     shape: tuple[int, ...] = ()  # the whole tensor's shape (a chunk is a flat slice of it)
+    # The chunks are the stored tensors' (float32 or bfloat16), whose float32 values are meant: only for
+    # a method that ``widens`` (``selection.kernel_views`` reads them so, ``selection.widened`` converts).
+    widen: bool = False
 
     def part_of(self, flat: torch.Tensor, like: torch.Tensor) -> torch.Tensor:
         """This piece's entries of a flat whole-tensor array (e.g. a stats step's keep-mask), on
@@ -122,8 +125,10 @@ class TensorInputs:
         name: str = "tensor",
         seed: int = 0,
         map: Mapper = in_order,
+        widen: bool = False,
     ) -> None:
         self.name = name
+        self.widen = widen  # ``convert`` only widens bf16/float32 to float32: ``stored`` slices may be read
         self.map = map
         self.seed = seed
         self.shape = tuple((base if base is not None else models[0]).shape)  # the whole tensor's shape
@@ -165,6 +170,14 @@ class TensorInputs:
         assert self._base is not None, "this method has no base input"
         return self._convert(self._base[start:stop:step])
 
+    def stored(self, index: int | None, start: int, stop: int) -> torch.Tensor:
+        """Model ``index``'s slice (the base's for None) as stored, where ``widen`` says its float32
+        values are just the stored ones widened (a kernel reads them so: no converted copy), else
+        converted like ``model``/``base``."""
+        flat = self._base if index is None else self._models[index]
+        assert flat is not None, "this method has no base input"
+        return flat[start:stop] if self.widen else self._convert(flat[start:stop])
+
 
 @dataclass(frozen=True)
 class MergeMethod:
@@ -183,6 +196,9 @@ class MergeMethod:
     # copies the tensor's bytes instead of computing (e.g. passthrough with scale 1).
     is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None
     summary: str = ""
+    # The function takes a CPU chunk as stored (bf16 or float32, ``Piece.widen``) and widens it itself:
+    # its kernels read bf16 directly, so the executor skips the float32 copy of every input chunk.
+    widens: bool = False
     # Problems between one tensor's resolved parameters (e.g. DELLA's density ± epsilon inside (0, 1)),
     # one message each: the planner reports them with every other problem, before any tensor is read.
     check: Callable[[Mapping[str, object]], list[str]] | None = None
@@ -247,6 +263,7 @@ def merge_method(
     is_identity: Callable[[Mapping[str, Scalar]], bool] | None = None,
     summary: str = "",
     check: Callable[[Mapping[str, object]], list[str]] | None = None,
+    widens: bool = False,
 ) -> Callable[[Callable[..., torch.Tensor]], MergeMethod]:
     """Register the decorated function as merge method ``name``; returns the ``MergeMethod``."""
 
@@ -265,6 +282,7 @@ def merge_method(
             stats,
             is_identity,
             summary,
+            widens,
             check,
         )
         _METHODS[name] = method

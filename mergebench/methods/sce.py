@@ -22,7 +22,7 @@ from typing import NamedTuple
 import torch
 
 from mergebench.methods.registry import INT8_MASK, Param, Piece, TensorInputs, merge_method
-from mergebench.methods.selection import float32_views, times_mask, top_k_cut
+from mergebench.methods.selection import kernel_views, times_mask, top_k_cut, widened
 from mergebench.methods.sparsify import fraction_count, trim_mask
 
 WEIGHT_SUM_GUARD = 1e-6  # mergekit's sce_weight: below this total, uniform weights
@@ -85,8 +85,12 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
 
         def fill(start: int, stop: int) -> int:
             if inputs.count == 2:
-                parts = [inputs.model(0, start, stop), inputs.model(1, start, stop), inputs.base(start, stop)]
-                views = float32_views([*parts, var[start:stop]])
+                parts = [
+                    inputs.stored(0, start, stop),
+                    inputs.stored(1, start, stop),
+                    inputs.stored(None, start, stop),
+                ]
+                views = kernel_views([*parts, var[start:stop]], inputs.widen)
                 if views is not None:  # one pass (``fused``)
                     from mergebench.methods import fused
 
@@ -105,8 +109,8 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
 
     def energies(start: int, stop: int) -> list[float]:
         if selected is not None:
-            models = [inputs.model(i, start, stop) for i in range(inputs.count)]
-            views = float32_views([*models, inputs.base(start, stop)])
+            models = [inputs.stored(i, start, stop) for i in range(inputs.count)]
+            views = kernel_views([*models, inputs.stored(None, start, stop)], inputs.widen)
             if views is not None:  # τ·selected widened in one pass (``fused``), the same dot products
                 from mergebench.methods import fused
 
@@ -129,6 +133,7 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
     elementwise=True,
     stats=sce_stats,
     summary="θ_base + Σ w_i[agree]τ̂_i / Σ w_i[agree]: τ̂ top-variance entries, w_i ∝ mean τ̂_i², majority sign",
+    widens=True,
 )
 def sce(
     models: Sequence[torch.Tensor],
@@ -141,12 +146,13 @@ def sce(
     """θ = θ_base + Σ_i w_i·[sign τ̂_i = s]·τ̂_i / max(Σ_i w_i·[sign τ̂_i = s], 1e-6), where τ̂_i is τ_i
     on the top-variance entries (``sce_stats``), w_i ∝ mean(τ̂_i²) and s = +1 where Σ τ̂_i ≥ 0 else −1."""
     selected, weights = piece.stats
-    views = float32_views([*models, base])
+    views = kernel_views([*models, base], piece.widen)
     if views is not None:  # one pass (``fused``)
         from mergebench.methods import fused
 
         mask = piece.part_of(selected, base).numpy().reshape(-1) if selected is not None else None
         return fused.sce_merge(views[:-1], views[-1], mask, weights, DIVISOR_FLOOR).view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
     deltas = [model - base for model in models]
     if selected is not None:
         mask = piece.part_of(selected, base)

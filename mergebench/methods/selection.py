@@ -39,15 +39,30 @@ def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
     return None
 
 
-def float32_views(tensors: Sequence[torch.Tensor]) -> tuple[np.ndarray, ...] | None:
-    """Flat numpy views (no copies) of float32 CPU tensors, the inputs of ``fused``'s one-pass
-    kernels; None where those do not apply (another dtype or device, a tensor not contiguous)."""
+def kernel_views(tensors: Sequence[torch.Tensor], widen: bool = False) -> tuple[np.ndarray, ...] | None:
+    """Flat numpy views (no copies) of CPU tensors for ``fused``'s one-pass kernels: float32, and with
+    ``widen`` stored bfloat16 too (its bits as uint16, widened to float32 as each entry is read: the
+    chunk's values are the float32 ones, as the executor's conversion would give). None where a kernel
+    does not apply (another dtype or device, a tensor not contiguous)."""
     views = []
     for tensor in tensors:
-        if tensor.device.type != "cpu" or tensor.dtype != torch.float32 or not tensor.is_contiguous():
+        if tensor.device.type != "cpu" or not tensor.is_contiguous():
             return None
-        views.append(tensor.numpy().reshape(-1))
+        if tensor.dtype == torch.float32:
+            views.append(tensor.numpy().reshape(-1))
+        elif widen and tensor.dtype == torch.bfloat16:
+            views.append(tensor.view(torch.uint16).numpy().reshape(-1))
+        else:
+            return None
     return tuple(views)
+
+
+def widened(tensors: Sequence[torch.Tensor], widen: bool) -> list[torch.Tensor]:
+    """The tensors with stored bfloat16 widened to float32 where ``widen`` (chunks the executor passed
+    as stored, ``Piece.widen``): what a method's torch path computes on when no kernel applies."""
+    if not widen:
+        return list(tensors)
+    return [tensor.float() if tensor.dtype == torch.bfloat16 else tensor for tensor in tensors]
 
 
 def compared(
@@ -93,7 +108,7 @@ def ones_where_zero(values: torch.Tensor) -> torch.Tensor:
 
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk; lo ≤ hi."""
-    views = float32_views([chunk]) if chunk.dim() == 1 else None
+    views = kernel_views([chunk]) if chunk.dim() == 1 else None
     if views is not None:
         from mergebench.methods import fused
 

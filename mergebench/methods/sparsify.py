@@ -14,7 +14,14 @@ import numpy as np
 import torch
 
 from mergebench.methods.basic import plus_base
-from mergebench.methods.selection import compared, float32_views, ones_where_zero, times_mask, top_k_cut
+from mergebench.methods.selection import (
+    compared,
+    kernel_views,
+    ones_where_zero,
+    times_mask,
+    top_k_cut,
+    widened,
+)
 
 
 def fraction_count(numel: int, fraction: float) -> int:
@@ -325,7 +332,7 @@ def disjoint_merge(weighted: Sequence[torch.Tensor], weights: Sequence[float], n
     summed, and with ``normalize`` the sum is divided by the total weight of agreeing entries
     (entries where none agree are left at zero). float32 on the CPU: ``fused``'s one-pass kernel.
     """
-    views = float32_views(weighted)
+    views = kernel_views(weighted)
     if views is not None:
         from mergebench.methods import fused
 
@@ -339,15 +346,17 @@ def elect_and_merge(
     normalize: bool,
     base: torch.Tensor,
     lambda_: float,
+    widen: bool = False,
 ) -> torch.Tensor:
-    """θ_base + λ·disjoint_merge(w_i·τ̂_i) (``basic.plus_base``), in one pass on the CPU."""
-    views = float32_views([*weighted, base])
+    """θ_base + λ·disjoint_merge(w_i·τ̂_i) (``basic.plus_base``), in one pass on the CPU; ``base`` may
+    be a stored chunk with ``widen`` (``Piece.widen``)."""
+    views = kernel_views([*weighted, base], widen)
     if views is not None:
         from mergebench.methods import fused
 
         merged = fused.disjoint_merge(views[:-1], weights, normalize, views[-1], lambda_)
         return merged.view(base.shape)
-    return plus_base(disjoint_merge(weighted, weights, normalize), base, lambda_)
+    return plus_base(disjoint_merge(weighted, weights, normalize), widened([base], widen)[0], lambda_)
 
 
 def disjoint_merge_torch(weighted: Sequence[torch.Tensor], weights: Sequence[float], normalize: bool):

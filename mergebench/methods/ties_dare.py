@@ -24,9 +24,10 @@ from mergebench.methods.selection import (
     Band,
     Values,
     count_and_band,
-    float32_views,
+    kernel_views,
     streamed_top_k_cut,
     times_mask,
+    widened,
 )
 from mergebench.methods.sparsify import dare_drop, dropped_views, elect_and_merge, keep_count, trim_mask
 
@@ -54,7 +55,9 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
 
     def band(index: int) -> Band:
         def count(start: int, stop: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
-            views = float32_views([inputs.model(index, start, stop), inputs.base(start, stop)])
+            views = kernel_views(
+                [inputs.stored(index, start, stop), inputs.stored(None, start, stop)], inputs.widen
+            )
             if views is None:
                 return count_and_band(magnitude(index)(start, stop, 1), lo, hi)
             from mergebench.methods import fused
@@ -78,6 +81,7 @@ def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[t
     elementwise=True,
     stats=ties_stats,
     summary="trim task vectors to top-density magnitudes, elect signs, disjoint mean",
+    widens=True,
 )
 def ties(
     models: Sequence[torch.Tensor],
@@ -96,7 +100,7 @@ def ties(
     ``ties_stats``); the elected sign is sign(Σ w_i·τ̂_i); only agreeing entries are summed, divided
     (``normalize``) by the weight of agreeing entries.
     """
-    views = float32_views([*models, base])
+    views = kernel_views([*models, base], piece.widen)
     if views is not None:  # one pass per model (``fused``)
         from mergebench.methods import fused
 
@@ -104,7 +108,9 @@ def ties(
             torch.from_numpy(fused.kept(model, views[-1], cut, piece.offset, w))
             for model, w, cut in zip(views[:-1], weight, piece.stats, strict=True)
         ]
-        return elect_and_merge(weighted, weight, normalize, base.reshape(-1), lambda_).view(base.shape)
+        flat_base = base.reshape(-1)
+        return elect_and_merge(weighted, weight, normalize, flat_base, lambda_, piece.widen).view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
     weighted = []
     for model, w, (threshold, cutoff) in zip(models, weight, piece.stats, strict=True):
         delta = model - base
@@ -137,7 +143,7 @@ def dare(
     """θ = θ_base + λ·combine_i(w_i·DARE(τ_i)): each entry of τ_i kept with probability density_i,
     survivors ÷ density_i; combined by a weighted sum (``dare_linear``, ÷ Σ w_i with ``normalize``) or
     by TIES' sign election and disjoint mean (``dare_ties``)."""
-    views = float32_views([*models, base])
+    views = kernel_views([*models, base], piece.widen)
     if views is not None:  # one pass per model, then one to combine (``fused``)
         from mergebench.methods import fused
 
@@ -148,11 +154,12 @@ def dare(
             for i, (model, d, w) in enumerate(zip(views[:-1], density, weight, strict=True))
         ]
         if elect_signs:
-            merged = elect_and_merge(parts, weight, normalize, base.reshape(-1), lambda_)
+            merged = elect_and_merge(parts, weight, normalize, base.reshape(-1), lambda_, piece.widen)
         else:
             tensors = tuple(part.numpy() for part in parts)
             merged = fused.summed(tensors, flat_base, lambda_, weight, sum(weight) if normalize else None)
         return merged.view(base.shape)
+    *models, base = widened([*models, base], piece.widen)
     dropped = _dropped(models, base, density, piece, rescale)
     if elect_signs:
         weighted = [d.mul_(w) for d, w in zip(dropped, weight, strict=True)]
@@ -173,4 +180,5 @@ for _name, _elect, _then in (
         base="required",
         elementwise=True,
         summary=f"random drop (keep p=density) + rescale 1/density, then {_then} of task vectors",
+        widens=True,
     )(functools.partial(dare, elect_signs=_elect))
