@@ -10,6 +10,7 @@ to any flat chunk through :meth:`Vectors.per_entry`.
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
@@ -108,20 +109,33 @@ def _pairwise(x: torch.Tensor, *, rows: bool) -> torch.Tensor:
     return out
 
 
+def _reused(scratch: threading.local, numel: int, device: torch.device) -> torch.Tensor:
+    """This thread's float64 buffer of at least ``numel`` entries, kept between slices: a fresh
+    multi-MB buffer per slice on several threads left glibc holding ~0.5 GB more (peak RSS 1.9 vs
+    1.3 GB for model_stock) in freed chunks it did not hand back."""
+    buffer = getattr(scratch, "buffer", None)
+    if buffer is None or buffer.numel() < numel:
+        buffer = scratch.buffer = torch.empty(numel, dtype=torch.float64, device=device)
+    return buffer
+
+
 def read_stacked(
     inputs: TensorInputs, *, minus_base: bool, base_as_point: bool = False
 ) -> Callable[[int, int], torch.Tensor]:
-    """A ``read`` for :func:`gram`: the models' slices in float64, as task vectors θ_i − θ_base when
+    """A ``read`` for :func:`gram`: the models' slices in float64 (in a buffer this thread reuses: the
+    caller is done with a slice before it reads the next), as task vectors θ_i − θ_base when
     ``minus_base``, with the base as one more row after them when ``base_as_point``. Each slice (a task
     vector's in the compute precision: exact for bf16/fp16 weights of like magnitude, one rounding for
     float32 ones) is widened straight into its row of one float64 buffer, whose products are then exact:
     one float64 pass instead of a float64 subtraction over every row (25% of the stats step)."""
 
+    scratch = threading.local()
+
     def read(start: int, stop: int) -> torch.Tensor:
         rows = inputs.count + (1 if base_as_point else 0)
-        x = torch.empty(rows, stop - start, dtype=torch.float64, device=inputs.device)
-        base = inputs.base(start, stop) if minus_base or base_as_point else None
+        x = _reused(scratch, rows * (stop - start), inputs.device)[: rows * (stop - start)].view(rows, -1)
         stored_base = inputs.stored(None, start, stop) if minus_base and x.device.type == "cpu" else None
+        base = None  # converted on first use: the kernel reads the stored slice
         for i in range(inputs.count):
             if stored_base is not None:
                 views = kernel_views([inputs.stored(i, start, stop), stored_base], inputs.widen)
@@ -130,10 +144,12 @@ def read_stacked(
 
                     fused.widened_difference(*views, x[i].numpy())
                     continue
+            if base is None and (minus_base or base_as_point):
+                base = inputs.base(start, stop)
             model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
             x[i].copy_(model - base if minus_base else model)
         if base_as_point:
-            x[inputs.count].copy_(base)
+            x[inputs.count].copy_(inputs.base(start, stop) if base is None else base)
         return x
 
     return read
