@@ -16,7 +16,10 @@ from mergebench.io.writer import TensorSpec
 from mergebench.methods import all_methods, fused, get_method, sparsify, ties_dare
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
+from mergebench.methods import karcher as karcher_module
 from mergebench.methods import model_stock as model_stock_module
+from mergebench.methods import multislerp as multislerp_module
+from mergebench.methods import nuslerp as nuslerp_module
 from mergebench.methods import ram as ram_module
 from mergebench.methods import sce as sce_module
 from mergebench.methods.basic import plus_base, weighted_sum
@@ -121,7 +124,7 @@ def bands(models, base, offset):
 SPARSE = {
     "breadcrumbs": (breadcrumbs(False), dict(density=[0.45, 1.0], rescale=True, int8_mask=False)),
     "breadcrumbs_ties": (breadcrumbs(True), dict(density=[0.45, 1.0], rescale=True, int8_mask=False)),
-    "ties": (ties_dare.ties, dict(density=[0.2, 0.2], int8_mask=False)),
+    "ties": (ties_dare.ties.function, dict(density=[0.2, 0.2], int8_mask=False)),
     "dare_ties": (dare(True), dict(density=[0.3, 1.0], rescale=True, int8_mask=False)),
     "dare_ties_no_rescale": (dare(True), dict(density=[0.0, 0.6], rescale=False, int8_mask=False)),
     "dare_linear": (dare(False), dict(density=[0.3, 0.7], rescale=True, int8_mask=False)),
@@ -266,7 +269,7 @@ def test_sce_kernels_are_the_torch_path_bit_for_bit(count, select_topk):
         tensor_inputs = TensorInputs([prepare(m) for m in models], prepare(base), lambda t: t, workspace)
         stats = sce_module.sce_stats(tensor_inputs, select_topk=select_topk)
         piece = Piece("t", stats=stats, offset=0, shape=(4099,))
-        merged = sce_module.sce(
+        merged = sce_module.sce.function(
             [prepare(m) for m in models], prepare(base), select_topk=select_topk, int8_mask=False, piece=piece
         )
         results.append((stats, merged))
@@ -310,7 +313,7 @@ def test_model_stock_kernels_are_the_torch_path_bit_for_bit():
         tensor_inputs = TensorInputs([prepare(m) for m in models], prepare(base))
         stats = model_stock_module.model_stock_stats(tensor_inputs, filter_wise=False)
         piece = Piece("t", stats=stats, offset=0, shape=tuple(base.shape))
-        merged = model_stock_module.model_stock(
+        merged = model_stock_module.model_stock.function(
             [prepare(m) for m in models], prepare(base), filter_wise=False, piece=piece
         )
         results.append((stats, merged))
@@ -332,10 +335,18 @@ WIDENED_CASES = {
     "ramplus_tl": {"epsilon": 0.01, "r": 0.5, "alpha": 0.3},
     "model_stock": {},
     "model_stock/filter_wise": {"filter_wise": True},
+    "nuslerp": {"weight": 0.7},
+    "nuslerp/rows": {"weight": 0.7, "nuslerp_flatten": False},
+    "nuslerp/no_base": {"weight": 0.7},
+    "multislerp": {"weight": 0.7},
+    "multislerp/no_base": {"weight": 0.7},
+    "karcher": {},
+    "karcher/no_base": {},
 }
 
 
 def widened_job(case: str, shape: tuple[int, ...], count: int) -> Merge:
+    """The merge of ``count`` models (and a base, unless the case ends in ``no_base``)."""
     method = get_method(case.split("/")[0])
     chosen = WIDENED_CASES[case]
     params = {}
@@ -345,7 +356,7 @@ def widened_job(case: str, shape: tuple[int, ...], count: int) -> Merge:
     return Merge(
         output=TensorSpec("model.layers.0.mlp.up_proj.weight", shape, torch.bfloat16),
         method=method,
-        base=Stored(),
+        base=None if case.endswith("no_base") else Stored(),
         models=(Stored(),) * count,
         params=params,
         compute_dtype=None,
@@ -380,7 +391,44 @@ def test_stored_bf16_chunks_give_the_bits_of_their_float32_values(monkeypatch, c
     stored = [base, *(base + torch.randint(-3, 4, shape, generator=generator) * 0.01 for _ in range(2))]
     stored = [t.bfloat16() for t in stored]
     job = widened_job(case, shape, 2)
+    if job.base is None:
+        stored = stored[1:]
     as_bf16 = execute.run_op(job, stored)
     as_float32 = execute.run_op(job, [t.float() for t in stored])
     assert torch.equal(as_bf16.view(torch.int16), as_float32.view(torch.int16))
     assert not torch.equal(as_bf16, stored[0])  # the merge did something
+
+
+@pytest.mark.parametrize("with_base", [True, False])
+def test_combination_kernel_is_the_closed_forms_bit_for_bit(with_base):
+    """nuslerp (products added), multislerp and karcher (torch's fused multiply-adds) through
+    ``fused.combination`` equal their torch operations (strided inputs) bit for bit."""
+    models, base = inputs(3, 4099, seed=41)
+    base = base if with_base else None
+    cases = [
+        (
+            nuslerp_module.nuslerp.function,
+            models[:2],
+            torch.tensor([[0.6, -0.35]]),
+            dict(weight=[1.0, 1.0], nuslerp_row_wise=False, nuslerp_flatten=True),
+        ),
+        (
+            multislerp_module.multislerp.function,
+            models,
+            [0.4, -0.7, 1.3],
+            dict(weight=[1.0] * 3, normalize_weights=True, eps=1e-8),
+        ),
+        (
+            karcher_module.karcher.function,
+            models,
+            [0.4, -0.7, 1.3, 0.2] if with_base else [0.4, -0.7, 1.3],
+            dict(max_iter=10, tol=1e-5),
+        ),
+    ]
+    for function, chosen, stats, keywords in cases:
+        piece = Piece("t", stats=stats, shape=(4099,))
+        fast = function([m.clone() for m in chosen], base, piece=piece, **keywords)
+        slow = function(
+            [strided(m) for m in chosen], strided(base) if base is not None else None, piece=piece, **keywords
+        )
+        assert torch.equal(bits(fast), bits(slow)), function

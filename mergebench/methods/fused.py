@@ -599,10 +599,64 @@ def _widened_difference(model, base, out):
         out[j] = np.float64(widen(model[j]) - widen(base[j]))
 
 
-def widened_difference(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
-    """float64(θ − θ_base) into ``out`` (a row of ``geometry.read_stacked``'s buffer): the float32
-    difference, then widened — as ``out.copy_(model − base)`` — in one pass, no temporary."""
-    _widened_difference(model, base, out)
+@kernel
+def _widened(model, out):
+    for j in range(out.shape[0]):
+        out[j] = np.float64(widen(model[j]))
+
+
+def widened_difference(model: np.ndarray, base: np.ndarray | None, out: np.ndarray) -> None:
+    """float64(θ − θ_base) — float64(θ) without ``base`` — into ``out`` (a row of
+    ``geometry.read_stacked``'s buffer): the float32 difference, then widened, as ``out.copy_(model −
+    base)`` computes it, in one pass and without a temporary."""
+    if base is None:
+        _widened(model, out)
+    else:
+        _widened_difference(model, base, out)
+
+
+@kernel
+def _combination(models, base, coefficients, subtract, add_base, fused_adds, out):
+    count = len(models)
+    for j in range(out.shape[0]):
+        reference = widen(base[j])
+        first = widen(models[0][j])
+        merged = (first - reference if subtract else first) * coefficients[0]
+        for i in range(1, count):
+            term = widen(models[i][j])
+            if subtract:
+                term = term - reference
+            if fused_adds:  # merged.add_(term, alpha=c): torch's fused multiply-add
+                merged = fma(term, coefficients[i], merged)
+            else:  # merged += term * c
+                merged = merged + term * coefficients[i]
+        out[j] = merged + reference if add_base else merged
+
+
+def combination(
+    models: tuple[np.ndarray, ...],
+    base: np.ndarray | None,
+    coefficients: Sequence[float],
+    *,
+    subtract: bool,
+    fused_adds: bool,
+) -> torch.Tensor:
+    """Σ c_i·x_i (+ θ_base), x_i = θ_i − θ_base with ``subtract`` else θ_i: the first product, then
+    each next term added as ``merged.add_(x_i, alpha=c_i)`` (``fused_adds``: one rounding, torch's
+    fused multiply-add) or ``merged += x_i * c_i``; θ_base added last where given. The closed forms of
+    nuslerp, multislerp and karcher, in their operation order. One pass."""
+    out = np.empty(models[0].shape, dtype=np.float32)
+    with_base = base is not None
+    _combination(
+        models,
+        base if with_base else models[0],
+        np.asarray(coefficients, dtype=np.float32),
+        subtract and with_base,
+        with_base,
+        fused_adds,
+        out,
+    )
+    return torch.from_numpy(out)
 
 
 @kernel

@@ -134,22 +134,30 @@ def read_stacked(
     def read(start: int, stop: int) -> torch.Tensor:
         rows = inputs.count + (1 if base_as_point else 0)
         x = _reused(scratch, rows * (stop - start), inputs.device)[: rows * (stop - start)].view(rows, -1)
-        stored_base = inputs.stored(None, start, stop) if minus_base and x.device.type == "cpu" else None
-        base = None  # converted on first use: the kernel reads the stored slice
-        for i in range(inputs.count):
-            if stored_base is not None:
-                views = kernel_views([inputs.stored(i, start, stop), stored_base], inputs.widen)
+        on_cpu = x.device.type == "cpu"
+        stored_base = inputs.stored(None, start, stop) if on_cpu and (minus_base or base_as_point) else None
+        base = None  # converted on first use: the kernels read the stored slice
+        for row in range(rows):
+            is_base = row == inputs.count  # the base as a point (``base_as_point``)
+            if on_cpu:
+                stored = [stored_base] if is_base else [inputs.stored(row, start, stop)]
+                if minus_base and not is_base:
+                    stored.append(stored_base)
+                views = kernel_views(stored, inputs.widen)
                 if views is not None:  # one pass, no temporary (``fused``)
                     from mergebench.methods import fused
 
-                    fused.widened_difference(*views, x[i].numpy())
+                    fused.widened_difference(views[0], views[1] if len(views) > 1 else None, x[row].numpy())
                     continue
             if base is None and (minus_base or base_as_point):
                 base = inputs.base(start, stop)
-            model = inputs.model(i, start, stop)  # may be a view of the input itself: never changed in place
-            x[i].copy_(model - base if minus_base else model)
-        if base_as_point:
-            x[inputs.count].copy_(inputs.base(start, stop) if base is None else base)
+            if is_base:
+                x[row].copy_(base)
+                continue
+            model = inputs.model(
+                row, start, stop
+            )  # may be a view of the input itself: never changed in place
+            x[row].copy_(model - base if minus_base else model)
         return x
 
     return read

@@ -10,6 +10,7 @@ import torch
 
 from mergebench.methods.geometry import Vectors, gram, read_stacked
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import kernel_views, widened
 
 
 def is_count(value: float) -> bool:
@@ -81,6 +82,7 @@ def karcher_stats(inputs: TensorInputs, *, max_iter: float, tol: float) -> list[
     elementwise=True,
     stats=karcher_stats,
     summary="(Σ‖θ_i‖/N)·argmin_μ Σ d²(μ, θ_i/‖θ_i‖), d the great-circle distance (base_model, if given, is one of θ_i)",
+    widens=True,
 )
 def karcher(
     models: Sequence[torch.Tensor], base: torch.Tensor | None, *, max_iter: float, tol: float, piece: Piece
@@ -95,11 +97,18 @@ def karcher(
     quantity: the stats step runs it in float64 on the inputs' Gram matrix and hands each chunk the
     coefficients of θ as a combination of the inputs.
     """
-    tensors = [*models, base] if base is not None else list(models)
+    points = [*models, base] if base is not None else list(models)
     if piece.stats is None:
-        return tensors[0]
+        return widened(points[:1], piece.widen)[0]
     if not any(piece.stats):
-        return torch.zeros_like(tensors[0])
+        return torch.zeros_like(widened(points[:1], piece.widen)[0])
+    views = kernel_views(points, piece.widen)
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        merged = fused.combination(views, None, piece.stats, subtract=False, fused_adds=True)
+        return merged.view(points[0].shape)
+    tensors = widened(points, piece.widen)
     merged = tensors[0] * piece.stats[0]
     for tensor, coefficient in zip(tensors[1:], piece.stats[1:], strict=True):
         merged.add_(tensor, alpha=coefficient)

@@ -11,6 +11,7 @@ import torch
 from mergebench.errors import ConfigError
 from mergebench.methods.geometry import Vectors, gram, read_stacked
 from mergebench.methods.registry import WEIGHT, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import kernel_views, widened
 
 
 def multislerp_weights(weight: Sequence[float], normalize_weights: bool) -> list[float]:
@@ -75,6 +76,7 @@ def multislerp_stats(
     elementwise=True,
     stats=multislerp_stats,
     summary="[θ_base +] (Σ w_i‖τ_i‖)·m/‖m‖, m = Σ w_i τ_i/‖τ_i‖, τ_i = θ_i [− θ_base]: spherical weighted mean",
+    widens=True,
 )
 def multislerp(
     models: Sequence[torch.Tensor],
@@ -96,7 +98,17 @@ def multislerp(
     A single model is returned unchanged. Norms are float64 whole-tensor quantities (stats step).
     """
     if piece.stats is None:
-        return models[0]
+        return widened(models, piece.widen)[0]
+    views = kernel_views([*models, base] if base is not None else models, piece.widen)
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        flat_base = views[-1] if base is not None else None
+        count = len(models)
+        merged = fused.combination(views[:count], flat_base, piece.stats, subtract=True, fused_adds=True)
+        return merged.view(models[0].shape)
+    models = widened(models, piece.widen)
+    base = widened([base], piece.widen)[0] if base is not None else None
     merged = models[0] - base if base is not None else models[0] * 1.0
     merged *= piece.stats[0]
     for model, c in zip(models[1:], piece.stats[1:], strict=True):

@@ -9,6 +9,7 @@ import torch
 
 from mergebench.methods.geometry import Vectors, gram, read_stacked
 from mergebench.methods.registry import WEIGHT, Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import kernel_views, widened
 
 UNIT_FLOOR = 1e-7  # mergekit's _normalize: x / max(‖x‖, 1e-7)
 COLINEAR = 1e-8**2  # 1 − cos²θ at or below this: interpolate linearly
@@ -66,6 +67,7 @@ def nuslerp_stats(
     elementwise=True,
     stats=nuslerp_stats,
     summary="[θ_base +] slerp(τ_1, τ_2; t = w_2/(w_1+w_2)), τ_i = θ_i [− θ_base]; whole tensor, rows or columns",
+    widens=True,
 )
 def nuslerp(
     models: Sequence[torch.Tensor],
@@ -83,10 +85,20 @@ def nuslerp(
     dimension, or along dim 0 with ``nuslerp_row_wise`` — mergekit's exact layouts. Angles are float64
     whole-vector quantities (stats step); (nearly) parallel vectors interpolate linearly.
     """
-    first, second = models
+    vectors = nuslerp_vectors(piece.shape, nuslerp_row_wise, nuslerp_flatten)
+    inputs = [*models, base] if base is not None else list(models)
+    views = kernel_views(inputs, piece.widen)
+    if views is not None and vectors.count == 1:  # one (a, b): one pass (``fused``)
+        from mergebench.methods import fused
+
+        coefficients = [float(piece.stats[0, 0]), float(piece.stats[0, 1])]
+        flat_base = views[2] if base is not None else None
+        merged = fused.combination(views[:2], flat_base, coefficients, subtract=True, fused_adds=False)
+        return merged.view(models[0].shape)
+    first, second, *rest = widened(inputs, piece.widen)
+    base = rest[0] if rest else None
     if base is not None:
         first, second = first - base, second - base
-    vectors = nuslerp_vectors(piece.shape, nuslerp_row_wise, nuslerp_flatten)
     a = vectors.per_entry(piece.stats[:, 0], piece.offset, first)
     b = vectors.per_entry(piece.stats[:, 1], piece.offset, first)
     merged = first * a
