@@ -14,6 +14,7 @@ import torch
 import mergebench.execute as execute
 from mergebench.io.writer import TensorSpec
 from mergebench.methods import all_methods, fused, get_method, sparsify, ties_dare
+from mergebench.methods import arcee_fusion as arcee_module
 from mergebench.methods import breadcrumbs as breadcrumbs_module
 from mergebench.methods import della as della_module
 from mergebench.methods import karcher as karcher_module
@@ -335,6 +336,7 @@ WIDENED_CASES = {
     "ramplus_tl": {"epsilon": 0.01, "r": 0.5, "alpha": 0.3},
     "model_stock": {},
     "model_stock/filter_wise": {"filter_wise": True},
+    "arcee_fusion": {},
     "nuslerp": {"weight": 0.7},
     "nuslerp/rows": {"weight": 0.7, "nuslerp_flatten": False},
     "nuslerp/no_base": {"weight": 0.7},
@@ -389,8 +391,10 @@ def test_stored_bf16_chunks_give_the_bits_of_their_float32_values(monkeypatch, c
     base = torch.randn(*shape, generator=generator)
     # quantised deltas: ties at RAM's ε and at the trims' thresholds
     stored = [base, *(base + torch.randint(-3, 4, shape, generator=generator) * 0.01 for _ in range(2))]
+    stored[1][:2] *= 3.0  # rows far from the base: arcee_fusion keeps some of their entries
     stored = [t.bfloat16() for t in stored]
-    job = widened_job(case, shape, 2)
+    job = widened_job(case, shape, 1 if case == "arcee_fusion" else 2)
+    stored = stored[: len(job.models) + 1]
     if job.base is None:
         stored = stored[1:]
     as_bf16 = execute.run_op(job, stored)
@@ -432,3 +436,13 @@ def test_combination_kernel_is_the_closed_forms_bit_for_bit(with_base):
             [strided(m) for m in chosen], strided(base) if base is not None else None, piece=piece, **keywords
         )
         assert torch.equal(bits(fast), bits(slow)), function
+
+
+def test_masked_update_kernel_is_arcee_fusions_torch_bits():
+    (model,), base = inputs(1, 4099, seed=43)
+    keep = torch.rand(4099, generator=torch.Generator().manual_seed(1)) > 0.5
+    piece = Piece("t", stats=keep, shape=(4099,))
+    function = arcee_module.arcee_fusion.function
+    fast = function([model.clone()], base.clone(), piece=piece)
+    slow = function([strided(model)], strided(base), piece=piece)
+    assert torch.equal(bits(fast), bits(slow))

@@ -10,7 +10,7 @@ import torch
 
 from mergebench.mapper import Mapper, in_order
 from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
-from mergebench.methods.selection import compared, times_mask, top_k_cut
+from mergebench.methods.selection import compared, kernel_views, times_mask, top_k_cut, widened
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
 BLOCK = 1 << 18  # entries of whole rows scored at a time by the stats step
@@ -77,6 +77,7 @@ def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
     elementwise=True,
     stats=fusion_stats,
     summary="θ_base + Δ·[I ≥ median(I) + 1.5·IQR(I)], I = |Δ|·KL(softmax θ_1 ‖ softmax θ_base) per row, Δ = θ_1 − θ_base",
+    widens=True,
 )
 def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: Piece) -> torch.Tensor:
     """θ = θ_base + Δ·[I ≥ τ], Δ = θ_1 − θ_base, I = |Δ|·KL(softmax(θ_1) ‖ softmax(θ_base)) with the
@@ -91,6 +92,12 @@ def arcee_fusion(models: Sequence[torch.Tensor], base: torch.Tensor, *, piece: P
     """
     (model,) = models
     if model.numel() == 0:
-        return base.clone()
+        return widened([base], piece.widen)[0].clone()
     keep = piece.part_of(piece.stats, model)
+    views = kernel_views([model, base], piece.widen)
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        return fused.masked_update(*views, keep.numpy().reshape(-1)).view(base.shape)
+    model, base = widened([model, base], piece.widen)
     return times_mask(model - base, keep, in_place=True).add_(base)  # θ_base + Δ·[I ≥ τ], in Δ's memory

@@ -674,3 +674,18 @@ def stock(models: tuple[np.ndarray, ...], base: np.ndarray, t: float) -> torch.T
     out = np.empty(base.shape, dtype=np.float32)
     _stock(models, base, np.float32(len(models)), np.float32(t), np.float32(1 - t), out)
     return torch.from_numpy(out)
+
+
+@kernel
+def _masked_update(model, base, keep, out):
+    for j in range(out.shape[0]):
+        reference = widen(base[j])
+        out[j] = (widen(model[j]) - reference) * (ONE if keep[j] else ZERO) + reference
+
+
+def masked_update(model: np.ndarray, base: np.ndarray, keep: np.ndarray) -> torch.Tensor:
+    """θ_base + (θ − θ_base)·keep (``arcee_fusion``'s merge: the mask product, then the base added).
+    One pass."""
+    out = np.empty(model.shape, dtype=np.float32)
+    _masked_update(model, base, keep, out)
+    return torch.from_numpy(out)
