@@ -374,8 +374,14 @@ def band(
         above, found = _band_of_magnitudes(values, base, lo32, hi32, positions)
         positions = positions[:found].copy()
         found_values = np.empty(found, dtype=np.float32)
-        _magnitudes(values[positions], base[positions], found_values)
+        _magnitudes_at(values, base, positions, found_values)
     return int(above), torch.from_numpy(found_values), torch.from_numpy(positions)
+
+
+@kernel
+def _magnitudes_at(model, base, positions, out):
+    for i in range(positions.shape[0]):
+        out[i] = abs(widen(model[positions[i]]) - widen(base[positions[i]]))
 
 
 def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:

@@ -173,10 +173,12 @@ class TensorInputs:
     def stored(self, index: int | None, start: int, stop: int) -> torch.Tensor:
         """Model ``index``'s slice (the base's for None) as stored, where ``widen`` says its float32
         values are just the stored ones widened (a kernel reads them so: no converted copy), else
-        converted like ``model``/``base``."""
+        what ``model``/``base`` give."""
+        if not self.widen:
+            return self.base(start, stop) if index is None else self.model(index, start, stop)
         flat = self._base if index is None else self._models[index]
         assert flat is not None, "this method has no base input"
-        return flat[start:stop] if self.widen else self._convert(flat[start:stop])
+        return flat[start:stop]
 
 
 @dataclass(frozen=True)
