@@ -172,12 +172,15 @@ def magprune(
     if all(array is not None for array in arrays):  # CPU float32/64: numpy, 7× faster than torch here
         values, probabilities, draws = arrays
         keep = numpy.less(draws, probabilities)  # compared in float64, as below
-        if not divide:
-            return torch.from_numpy(numpy.multiply(values, keep))
-        quotient = numpy.divide(values, probabilities)  # float64
-        quotient *= keep
-        quotient += 0.0
-        return torch.from_numpy(quotient.astype(values.dtype))
+        with numpy.errstate(
+            invalid="ignore", over="ignore"
+        ):  # inf·0 → NaN, overflow → inf: as torch, silently
+            if not divide:
+                return torch.from_numpy(numpy.multiply(values, keep))
+            quotient = numpy.divide(values, probabilities)  # float64
+            quotient *= keep
+            quotient += 0.0
+            return torch.from_numpy(quotient.astype(values.dtype))
     keep = uniform.to(torch.float64) < p
     if divide:  # where(keep, δ/p, 0) as a product (+ 0.0 makes a dropped −0 a +0): 5× faster here
         return (delta.to(torch.float64) / p).mul_(keep).add_(0.0).to(delta.dtype)
