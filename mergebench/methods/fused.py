@@ -304,35 +304,19 @@ def _collect(bits, start, positions, found):
     return found
 
 
-# The band of a chunk, word by word (64 entries): the compares vectorise into a bitmask and only its set
-# bits are visited — a band of ~2% leaves most words empty (flatnonzero of a bool mask: 3× as long).
-# Two kernels rather than one with a flag: the flag's branch kept the compiler from vectorising.
+@njit(inline="always")
+def _band_value(model, base, j):
+    """Entry j of the values a band is cut from: ``model``'s, or |model − base| where base is given
+    (None is a type of its own: each case compiles without the other's branch, and vectorises)."""
+    if base is None:
+        return widen(model[j])
+    return abs(widen(model[j]) - widen(base[j]))
 
 
 @kernel
-def _band_of_values(values, lo, hi, positions):
-    n = values.shape[0]
-    full = n - n % 64
-    above = 0
-    found = 0
-    for start in range(0, full, 64):  # whole words: a fixed trip count, unrolled and vectorised
-        bits = np.uint64(0)
-        for k in range(64):
-            j = start + k
-            value = values[j]
-            bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(k)
-            above += value > hi  # NaN counts in neither
-        found = _collect(bits, start, positions, found)
-    bits = np.uint64(0)
-    for j in range(full, n):
-        value = values[j]
-        bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(j - full)
-        above += value > hi
-    return above, _collect(bits, full, positions, found)
-
-
-@kernel
-def _band_of_magnitudes(model, base, lo, hi, positions):
+def _band(model, base, lo, hi, positions):
+    # Word by word (64 entries): the compares vectorise into a bitmask and only its set bits are
+    # visited — a band of ~2% leaves most words empty (flatnonzero of a bool mask took 3× as long).
     n = model.shape[0]
     full = n - n % 64
     above = 0
@@ -340,23 +324,16 @@ def _band_of_magnitudes(model, base, lo, hi, positions):
     for start in range(0, full, 64):  # whole words: a fixed trip count, unrolled and vectorised
         bits = np.uint64(0)
         for k in range(64):
-            j = start + k
-            value = abs(widen(model[j]) - widen(base[j]))
+            value = _band_value(model, base, start + k)
             bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(k)
             above += value > hi  # NaN counts in neither
         found = _collect(bits, start, positions, found)
     bits = np.uint64(0)
     for j in range(full, n):
-        value = abs(widen(model[j]) - widen(base[j]))
+        value = _band_value(model, base, j)
         bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(j - full)
         above += value > hi
     return above, _collect(bits, full, positions, found)
-
-
-@kernel
-def _magnitudes(model, base, out):
-    for j in range(out.shape[0]):
-        out[j] = abs(widen(model[j]) - widen(base[j]))
 
 
 def band(
@@ -366,16 +343,20 @@ def band(
     materialised: (#entries > hi, the entries in [lo, hi], their positions), in one pass."""
     positions = np.empty(values.shape, dtype=np.int64)  # untouched beyond the band: not faulted in
     lo32, hi32 = np.float32(lo), np.float32(hi)
+    above, found = _band(values, base, lo32, hi32, positions)
+    positions = positions[:found].copy()
     if base is None:
-        above, found = _band_of_values(values, lo32, hi32, positions)
-        positions = positions[:found].copy()
         found_values = values[positions]
     else:
-        above, found = _band_of_magnitudes(values, base, lo32, hi32, positions)
-        positions = positions[:found].copy()
         found_values = np.empty(found, dtype=np.float32)
         _magnitudes_at(values, base, positions, found_values)
     return int(above), torch.from_numpy(found_values), torch.from_numpy(positions)
+
+
+@kernel
+def _magnitudes(model, base, out):
+    for j in range(out.shape[0]):
+        out[j] = abs(widen(model[j]) - widen(base[j]))
 
 
 @kernel
