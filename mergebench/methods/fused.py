@@ -8,10 +8,11 @@ with sign election and magnitude trims. A compiled loop keeps each entry in regi
 step to its last.
 
 Contract: a kernel gives the same bits as the torch expressions it stands for (the reference, and
-the path on a GPU and for dtypes other than float32): the same float32 operations in the same order,
-no reassociation or fused multiply-add (numba's default), the same treatment of ±0, NaN and ±inf
-(``tests/test_fused.py`` compares bit patterns). Callers use a kernel only where
-``selection.kernel_views`` gives arrays.
+the path on a GPU and for float64 compute): the same float32 operations in the same order, no
+reassociation, a fused multiply-add (``fma``) exactly where torch's ``add(x, alpha=w)`` does one, the
+same treatment of ±0, NaN and ±inf (``tests/test_fused.py`` compares bit patterns). Inputs are float32
+or stored bfloat16 (read as its float32 value: ``widen``); outputs float32. Callers use a kernel only
+where ``selection.kernel_views`` gives arrays.
 
 Imported lazily (``import numba`` costs ~0.15 s): only a run that merges on the CPU with these
 methods pays it.
@@ -53,6 +54,44 @@ def fma(typingctx, a, b, c):
         f32 = ir.FloatType()
         function = builder.module.declare_intrinsic("llvm.fma", [f32], ir.FunctionType(f32, [f32] * 3))
         return builder.call(function, args)
+
+    return signature, codegen
+
+
+@intrinsic
+def _bfloat16_value(typingctx, x):
+    """The float32 of a bfloat16's 16 bits (uint16): its bits in the top half, exactly as torch widens."""
+    signature = types.float32(types.uint16)
+
+    def codegen(context, builder, sig, args):
+        bits = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
+        return builder.bitcast(bits, ir.FloatType())
+
+    return signature, codegen
+
+
+def widen(value):
+    """An input entry as float32: a float32 as it is, a stored bfloat16 (its bits, uint16) widened —
+    kernels read bf16 checkpoints' chunks directly instead of a widened float32 copy of each."""
+    return value
+
+
+@overload(widen, inline="always")
+def _widen(value):
+    if isinstance(value, types.Float):
+        return lambda value: value
+    if value == types.uint16:
+        return lambda value: _bfloat16_value(value)
+    return None
+
+
+@intrinsic
+def float_bits(typingctx, x):
+    """A float32's bit pattern as an int32 (LLVM ``bitcast``): torch's ``.view(torch.int32)``."""
+    signature = types.int32(types.float32)
+
+    def codegen(context, builder, sig, args):
+        return builder.bitcast(args[0], ir.IntType(32))
 
     return signature, codegen
 
@@ -143,44 +182,6 @@ def kept(
 def _local(cutoff: int, offset: int, size: int) -> int:
     """A tie cutoff relative to a chunk at ``offset``, clipped to [-1, size] (fits int64 either way)."""
     return min(max(cutoff - offset, -1), size)
-
-
-@intrinsic
-def _bfloat16_value(typingctx, x):
-    """The float32 of a bfloat16's 16 bits (uint16): its bits in the top half, exactly as torch widens."""
-    signature = types.float32(types.uint16)
-
-    def codegen(context, builder, sig, args):
-        bits = builder.shl(builder.zext(args[0], ir.IntType(32)), ir.Constant(ir.IntType(32), 16))
-        return builder.bitcast(bits, ir.FloatType())
-
-    return signature, codegen
-
-
-def widen(value):
-    """An input entry as float32: a float32 as it is, a stored bfloat16 (its bits, uint16) widened —
-    kernels read bf16 checkpoints' chunks directly instead of a widened float32 copy of each."""
-    return value
-
-
-@overload(widen, inline="always")
-def _widen(value):
-    if isinstance(value, types.Float):
-        return lambda value: value
-    if value == types.uint16:
-        return lambda value: _bfloat16_value(value)
-    return None
-
-
-@intrinsic
-def float_bits(typingctx, x):
-    """A float32's bit pattern as an int32 (LLVM ``bitcast``): torch's ``.view(torch.int32)``."""
-    signature = types.int32(types.float32)
-
-    def codegen(context, builder, sig, args):
-        return builder.bitcast(args[0], ir.IntType(32))
-
-    return signature, codegen
 
 
 @njit(inline="always")
@@ -581,25 +582,19 @@ def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: fl
 
 
 @kernel
-def _widened_difference(model, base, out):
+def _widened(model, base, out):
     for j in range(out.shape[0]):
-        out[j] = np.float64(widen(model[j]) - widen(base[j]))
-
-
-@kernel
-def _widened(model, out):
-    for j in range(out.shape[0]):
-        out[j] = np.float64(widen(model[j]))
+        if base is None:  # a type of its own: each case compiles without the other's branch
+            out[j] = np.float64(widen(model[j]))
+        else:
+            out[j] = np.float64(widen(model[j]) - widen(base[j]))
 
 
 def widened_difference(model: np.ndarray, base: np.ndarray | None, out: np.ndarray) -> None:
     """float64(θ − θ_base) — float64(θ) without ``base`` — into ``out`` (a row of
     ``geometry.read_stacked``'s buffer): the float32 difference, then widened, as ``out.copy_(model −
     base)`` computes it, in one pass and without a temporary."""
-    if base is None:
-        _widened(model, out)
-    else:
-        _widened_difference(model, base, out)
+    _widened(model, base, out)
 
 
 @kernel
