@@ -124,7 +124,7 @@ def disjoint_merge(
     base: np.ndarray | None = None,
     lambda_: float = 1.0,
 ) -> torch.Tensor:
-    """``sparsify.disjoint_merge`` over float32 views (then, with ``base``, θ_base + λ·merged as
+    """``sparsify.disjoint_merge`` over float32 views (then, with ``base`` — float32 or stored bf16 — θ_base + λ·merged as
     ``basic.plus_base`` computes it): one pass."""
     out = np.empty(weighted[0].shape, dtype=np.float32)
     with_base = base is not None
@@ -547,7 +547,7 @@ def _ram_merge(models, base, epsilon, boosts, out):
 def ram_merge(
     models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float, boosts: Sequence[float]
 ) -> torch.Tensor:
-    """``ram.ram_merge`` of float32 chunks: θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n),
+    """``ram.ram_merge`` of chunk views (float32 or stored bf16): θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n),
     torch's operations in its order. One pass."""
     out = np.empty(base.shape, dtype=np.float32)
     _ram_merge(models, base, np.float32(epsilon), np.asarray(boosts, dtype=np.float32), out)
@@ -574,7 +574,7 @@ def _overlap_counts(models, base, epsilon, counts):
 
 
 def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float) -> list[int]:
-    """``ram.overlap_counts`` of float32 slices, flattened: per model the entries it changes beyond ε
+    """``ram.overlap_counts`` of slice views (float32 or stored bf16), flattened: per model the entries it changes beyond ε
     that another model changes too, then per model those only it changes. One pass."""
     counts = np.zeros(2 * len(models), dtype=np.int64)
     _overlap_counts(models, base, np.float32(epsilon), counts)

@@ -259,8 +259,9 @@ def dropped_views(
     rescale: bool,
     weight: float,
 ) -> torch.Tensor:
-    """w·``dare_drop``(θ − θ_base, …) of float32 chunk views in one pass (``fused.dropped``): the
-    same keep-mask hash, mask product, division and weight, bit for bit."""
+    """w·``dare_drop``(θ − θ_base, …) of chunk views (``selection.kernel_views``: float32 or stored bf16)
+    in one pass (``fused.dropped``): the same keep-mask hash, mask product, division and weight, bit
+    for bit."""
     from mergebench.methods import fused
 
     pieces = _pieces(model.size, offset, max(1, model.size), stream_key(key, model_index))
