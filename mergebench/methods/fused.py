@@ -124,8 +124,8 @@ def disjoint_merge(
     base: np.ndarray | None = None,
     lambda_: float = 1.0,
 ) -> torch.Tensor:
-    """``sparsify.disjoint_merge`` over float32 views (then, with ``base`` — float32 or stored bf16 — θ_base + λ·merged as
-    ``basic.plus_base`` computes it): one pass."""
+    """``sparsify.disjoint_merge`` over float32 views (then, with ``base`` — float32 or stored
+    bf16 — θ_base + λ·merged as ``basic.plus_base`` computes it): one pass."""
     out = np.empty(weighted[0].shape, dtype=np.float32)
     with_base = base is not None
     _disjoint_merge(
@@ -547,8 +547,8 @@ def _ram_merge(models, base, epsilon, boosts, out):
 def ram_merge(
     models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float, boosts: Sequence[float]
 ) -> torch.Tensor:
-    """``ram.ram_merge`` of chunk views (float32 or stored bf16): θ_base + Σ_i τ_i·[|τ_i| > ε]·(λ_i·[n = 1] + [n > 1]/n),
-    torch's operations in its order. One pass."""
+    """``ram.ram_merge`` of chunk views (float32 or stored bf16): θ_base + Σ_i τ_i·[|τ_i| > ε]·
+    (λ_i·[n = 1] + [n > 1]/n), torch's operations in its order. One pass."""
     out = np.empty(base.shape, dtype=np.float32)
     _ram_merge(models, base, np.float32(epsilon), np.asarray(boosts, dtype=np.float32), out)
     return torch.from_numpy(out)
