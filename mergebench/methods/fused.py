@@ -428,9 +428,9 @@ def magpruned(
     weight: float,
 ) -> np.ndarray:
     """w·s·MAGPRUNE(θ − θ_base) of a block of whole rows of m entries (``della.magprune`` with
-    ``della.magnitude_order``'s keys, keep probability lowest + rank·step as ``della.keep_ramp`` rounds it, DARE's keyed hash from
-    counter ``first``; ``divide``: survivors ÷ p in float64). Four passes: keys, numpy's row sort,
-    each entry's rank, then keep, divide and weigh in entry order."""
+    ``della.magnitude_order``'s keys, keep probability lowest + rank·step as ``della.keep_ramp``
+    rounds it, DARE's keyed hash from counter ``first``; ``divide``: survivors ÷ p in float64). Four
+    passes: keys, numpy's row sort, each entry's rank, then keep, divide and weigh in entry order."""
     delta = np.empty(model.shape, dtype=np.float32)
     keys = np.empty(model.shape, dtype=np.int64)
     _magnitude_keys(model, base, delta, keys, m)
@@ -574,8 +574,9 @@ def _overlap_counts(models, base, epsilon, counts):
 
 
 def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: float) -> list[int]:
-    """``ram.overlap_counts`` of slice views (float32 or stored bf16), flattened: per model the entries it changes beyond ε
-    that another model changes too, then per model those only it changes. One pass."""
+    """``ram.overlap_counts`` of slice views (float32 or stored bf16), flattened: per model the
+    entries it changes beyond ε that another model changes too, then per model those only it
+    changes. One pass."""
     counts = np.zeros(2 * len(models), dtype=np.int64)
     _overlap_counts(models, base, np.float32(epsilon), counts)
     return [int(c) for c in counts]
