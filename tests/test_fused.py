@@ -23,6 +23,7 @@ from mergebench.methods import multislerp as multislerp_module
 from mergebench.methods import nuslerp as nuslerp_module
 from mergebench.methods import ram as ram_module
 from mergebench.methods import sce as sce_module
+from mergebench.methods import slerp as slerp_module
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece, TensorInputs
 from mergebench.methods.selection import count_and_band, kernel_views
@@ -337,6 +338,7 @@ WIDENED_CASES = {
     "model_stock": {},
     "model_stock/filter_wise": {"filter_wise": True},
     "arcee_fusion": {},
+    "slerp": {"t": 0.3},
     "nuslerp": {"weight": 0.7},
     "nuslerp/rows": {"weight": 0.7, "nuslerp_flatten": False},
     "nuslerp/no_base": {"weight": 0.7},
@@ -393,7 +395,7 @@ def test_stored_bf16_chunks_give_the_bits_of_their_float32_values(monkeypatch, c
     stored = [base, *(base + torch.randint(-3, 4, shape, generator=generator) * 0.01 for _ in range(2))]
     stored[1][:2] *= 3.0  # rows far from the base: arcee_fusion keeps some of their entries
     stored = [t.bfloat16() for t in stored]
-    job = widened_job(case, shape, 1 if case == "arcee_fusion" else 2)
+    job = widened_job(case, shape, 1 if case in ("arcee_fusion", "slerp") else 2)
     stored = stored[: len(job.models) + 1]
     if job.base is None:
         stored = stored[1:]
@@ -446,3 +448,20 @@ def test_masked_update_kernel_is_arcee_fusions_torch_bits():
     fast = function([model.clone()], base.clone(), piece=piece)
     slow = function([strided(model)], strided(base), piece=piece)
     assert torch.equal(bits(fast), bits(slow))
+
+
+def test_slerp_kernels_are_the_torch_path_bit_for_bit():
+    """SLERP's float64 dot products from widened stored slices (a reused, aligned buffer) and its
+    combination kernel equal the torch operations (strided inputs) bit for bit, stats and output."""
+    generator = torch.Generator().manual_seed(47)
+    base = torch.randn(3 * (1 << 20) + 12345, generator=generator).bfloat16().float()  # a partial last slice
+    other = (base + 0.3 * torch.randn(base.shape, generator=generator)).bfloat16().float()
+    results = []
+    for prepare in (torch.clone, strided):
+        stats = slerp_module.slerp_stats(TensorInputs([prepare(other)], prepare(base)), t=0.3)
+        piece = Piece("t", stats=stats, shape=tuple(base.shape))
+        results.append(
+            (stats, slerp_module.slerp.function([prepare(other)], prepare(base), t=0.3, piece=piece))
+        )
+    (fast_stats, fast), (slow_stats, slow) = results
+    assert fast_stats == slow_stats and torch.equal(bits(fast), bits(slow))

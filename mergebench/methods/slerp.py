@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import math
+import threading
 from collections.abc import Sequence
 
 import torch
 
+from mergebench.methods.geometry import reused
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
+from mergebench.methods.selection import kernel_views, widened
 
 PARALLEL_COSINE = 0.9995  # above this |cos|, the angle is too small to divide by: interpolate linearly
 NORM_EPS = 1e-8
@@ -28,10 +31,22 @@ def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[floa
 
 def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
     """The angle between the whole tensors, accumulated in float64 over slices: the scales (a, b)."""
+    scratch = threading.local()
 
     def products(start: int, stop: int) -> tuple[float, float, float]:
-        a = inputs.base(start, stop).double()
-        b = inputs.model(0, start, stop).double()
+        views = kernel_views([inputs.stored(None, start, stop), inputs.stored(0, start, stop)], inputs.widen)
+        if views is not None:  # widened to float64 in one pass each, into this thread's buffer
+            from mergebench.methods import fused
+
+            # each row starts on a 128-byte boundary, as a fresh tensor does: the dot product's own
+            # summation may depend on its operands' alignment
+            n, stride = stop - start, -(-(stop - start) // 16) * 16
+            a, b = reused(scratch, 2 * stride)[: 2 * stride].view(2, stride)[:, :n]
+            for row, view in zip((a, b), views, strict=True):
+                fused.widened_difference(view, None, row.numpy())
+        else:
+            a = inputs.base(start, stop).double()
+            b = inputs.model(0, start, stop).double()
         return float(a @ b), float(a @ a), float(b @ b)
 
     dot, sq0, sq1 = inputs.sums(products, 3, DOT_CHUNK)
@@ -46,6 +61,7 @@ def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
     elementwise=True,
     stats=slerp_stats,
     summary="spherical interpolation from base_model (t=0) to the other model (t=1)",
+    widens=True,
 )
 def slerp(models: Sequence[torch.Tensor], base: torch.Tensor, *, t: float, piece: Piece):
     """θ = sin((1−t)Ω)/sin Ω · θ_base + sin(tΩ)/sin Ω · θ_1, Ω the angle between the flattened tensors.
@@ -56,6 +72,12 @@ def slerp(models: Sequence[torch.Tensor], base: torch.Tensor, *, t: float, piece
     """
     (other,) = models
     a, b = piece.stats
+    views = kernel_views([base, other], piece.widen)
+    if views is not None:  # one pass (``fused``)
+        from mergebench.methods import fused
+
+        return fused.combination(views, None, [a, b], subtract=False, fused_adds=True).view(base.shape)
+    base, other = widened([base, other], piece.widen)
     merged = base * a
     merged.add_(other, alpha=b)
     return merged
