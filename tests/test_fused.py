@@ -26,7 +26,7 @@ from mergebench.methods import sce as sce_module
 from mergebench.methods import slerp as slerp_module
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.methods.selection import count_and_band, kernel_views
+from mergebench.methods.selection import KEEP_NONE, count_and_band, kernel_views
 from mergebench.methods.sparsify import disjoint_merge, disjoint_merge_torch, elect_and_merge
 from mergebench.planner import Merge
 
@@ -82,7 +82,7 @@ def test_trim_kernel_is_torch_bit_for_bit(offset):
             magnitude = delta.abs()
             keep = (magnitude > threshold) | ((magnitude == threshold) & (positions <= cutoff))
             expected = (delta * keep).mul_(-0.6)
-            got = fused.kept(model.numpy(), base.numpy(), (threshold, cutoff), offset, -0.6)
+            got = fused.kept(model.numpy(), base.numpy(), (threshold, cutoff), KEEP_NONE, offset, -0.6)
             assert torch.equal(bits(torch.from_numpy(got)), bits(expected)), (threshold, cutoff)
 
 
@@ -157,8 +157,9 @@ def test_methods_take_the_kernels_only_for_contiguous_float32_and_get_the_torch_
 
 @pytest.mark.parametrize("count", [1, 3])
 def test_sum_kernel_is_weighted_sum_and_plus_base_bit_for_bit(count):
-    """``fused.summed``: Σ w_i·x_i with torch's fused multiply-adds (``basic.weighted_sum``), or
-    already weighted x_i added in order; ÷ a divisor; then θ_base + λ·(…) — as torch rounds each."""
+    """``fused.combination`` as a sum: Σ w_i·x_i with torch's fused multiply-adds
+    (``basic.weighted_sum``), or already weighted x_i added in order; ÷ a divisor; then θ_base + λ·(…)
+    — as torch rounds each."""
     models, base = inputs(count, 4099, seed=13)
     weights = [0.7, -0.3, 0.45][:count]
     views = tuple(m.numpy() for m in models)
@@ -170,9 +171,13 @@ def test_sum_kernel_is_weighted_sum_and_plus_base_bit_for_bit(count):
         if divisor is not None:
             expected /= divisor
             plain /= divisor
-        got = fused.summed(views, base.numpy(), 0.9, weights, divisor)
+        got = fused.combination(
+            views, base.numpy(), weights, subtract=False, fused_adds=True, divisor=divisor, lambda_=0.9
+        )
         assert torch.equal(bits(got), bits(plus_base(expected, base, 0.9)))
-        got = fused.summed(views, base.numpy(), 0.9, None, divisor)
+        got = fused.combination(
+            views, base.numpy(), None, subtract=False, fused_adds=False, divisor=divisor, lambda_=0.9
+        )
         assert torch.equal(bits(got), bits(plus_base(plain, base, 0.9)))
 
 

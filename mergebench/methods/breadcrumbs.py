@@ -28,7 +28,7 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import kernel_views, times_mask, top_k_cut, widened
+from mergebench.methods.selection import KEEP_ALL, KEEP_NONE, kernel_views, times_mask, top_k_cut, widened
 from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
@@ -143,11 +143,10 @@ def breadcrumbs(
     if views is not None:  # one pass per model, one to combine (``fused``)
         from mergebench.methods import fused
 
-        everything = (float("-inf"), -1)  # density 1: the whole τ
         parts = [
-            fused.kept(model, views[-1], band.top_and_kept, piece.offset, w, band.top, band.scale)
+            fused.kept(model, views[-1], band.top_and_kept, band.top, piece.offset, w, band.scale)
             if band is not None
-            else fused.kept(model, views[-1], everything, piece.offset, w)
+            else fused.kept(model, views[-1], KEEP_ALL, KEEP_NONE, piece.offset, w)  # density 1: all of τ
             for model, band, w in zip(views[:-1], piece.stats, weight, strict=True)
         ]
         flat_base = base.reshape(-1)
@@ -157,7 +156,10 @@ def breadcrumbs(
                 base.shape
             )
         divisor = sum(weight) if normalize else None
-        return fused.summed(tuple(parts), views[-1], lambda_, None, divisor).view(base.shape)
+        merged = fused.combination(
+            tuple(parts), views[-1], None, subtract=False, fused_adds=False, divisor=divisor, lambda_=lambda_
+        )
+        return merged.view(base.shape)
     *models, base = widened([*models, base], piece.widen)
     weighted = [
         delta.mul_(w)

@@ -45,7 +45,7 @@ from mergebench.methods.registry import (
     normalize_param,
     whole_rows_length,
 )
-from mergebench.methods.selection import kernel_views, numpy_view, widened
+from mergebench.methods.selection import KEEP_ALL, KEEP_NONE, kernel_views, numpy_view, widened
 from mergebench.methods.sparsify import (
     HASH_LAST_SHIFT,
     HASH_ROUNDS,
@@ -172,9 +172,8 @@ def magprune(
     if all(array is not None for array in arrays):  # CPU float32/64: numpy, 7× faster than torch here
         values, probabilities, draws = arrays
         keep = numpy.less(draws, probabilities)  # compared in float64, as below
-        with numpy.errstate(
-            invalid="ignore", over="ignore"
-        ):  # inf·0 → NaN, overflow → inf: as torch, silently
+        # inf·0 → NaN and overflow → inf, silently, as torch
+        with numpy.errstate(invalid="ignore", over="ignore"):
             if not divide:
                 return torch.from_numpy(numpy.multiply(values, keep))
             quotient = numpy.divide(values, probabilities)  # float64
@@ -308,7 +307,6 @@ def _fused_blocks(
 
     flat_base = views[-1]
     out = torch.empty(flat_base.shape, dtype=torch.float32)
-    everything = (float("-inf"), -1)  # density 1: τ whole
     for start, stop in spans(flat_base.size, block_length(piece.shape)):
         base_block = flat_base[start:stop]
         parts = []
@@ -316,7 +314,7 @@ def _fused_blocks(
             block = model[start:stop]
             scale, w = piece.stats[index], weight[index]
             if density[index] >= 1.0:
-                parts.append(fused.kept(block, base_block, everything, 0, w, scale=scale))
+                parts.append(fused.kept(block, base_block, KEEP_ALL, KEEP_NONE, 0, w, scale))  # τ whole
                 continue
             first, k1 = counters[index]
             step, lowest = ramp_terms(m, density[index], epsilon[index])
@@ -339,7 +337,16 @@ def _fused_blocks(
         if elect_signs:
             merged = fused.disjoint_merge(tuple(parts), weight, normalize, base_block, lambda_)
         else:
-            merged = fused.summed(tuple(parts), base_block, lambda_, None, sum(weight) if normalize else None)
+            divisor = sum(weight) if normalize else None
+            merged = fused.combination(
+                tuple(parts),
+                base_block,
+                None,
+                subtract=False,
+                fused_adds=False,
+                divisor=divisor,
+                lambda_=lambda_,
+            )
         out[start:stop] = merged
     return out
 

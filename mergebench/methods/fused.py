@@ -154,16 +154,15 @@ def kept(
     model: np.ndarray,
     base: np.ndarray,
     keep: tuple[float, int],
+    drop: tuple[float, int],
     offset: int,
     weight: float,
-    drop: tuple[float, int] = (float("inf"), -1),
     scale: float = 1.0,
 ) -> np.ndarray:
     """w·s·τ·mask of a chunk at flat ``offset``, τ = θ − θ_base: the mask keeps entries inside the
     top-k cut ``keep`` but not inside ``drop`` (each a (threshold, tie cutoff) of
-    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does; the default ``drop``
-    holds nothing). TIES' trim (``drop`` and ``scale`` left out) and breadcrumbs' band; the products in
-    the torch path's order. One pass."""
+    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does). TIES' trim (``drop``
+    ``selection.KEEP_NONE``) and breadcrumbs' band; the products in the torch path's order. One pass."""
     out = np.empty(model.shape, dtype=np.float32)
     _kept(
         model,
@@ -237,47 +236,6 @@ def dropped(
             out[start:stop],
         )
     return out
-
-
-@kernel
-def _weighted_sum(tensors, weights, mode, divide, divisor, lambda_, base, out):
-    count = len(tensors)
-    for j in range(out.shape[0]):
-        if mode == 0:  # basic.weighted_sum: x₀·w₀, then add(x_i, alpha=w_i) — fused multiply-adds
-            total = tensors[0][j] * weights[0]
-            for i in range(1, count):
-                total = fma(tensors[i][j], weights[i], total)
-        else:  # already weighted: plain sums in order
-            total = tensors[0][j]
-            for i in range(1, count):
-                total = total + tensors[i][j]
-        if divide:
-            total = total / divisor
-        out[j] = total * lambda_ + widen(base[j])
-
-
-def summed(
-    tensors: tuple[np.ndarray, ...],
-    base: np.ndarray,
-    lambda_: float,
-    weights: Sequence[float] | None = None,
-    divisor: float | None = None,
-) -> torch.Tensor:
-    """θ_base + λ·(Σ_i x_i ÷ ``divisor``): with ``weights`` Σ w_i·x_i as ``basic.weighted_sum``
-    accumulates it, without them the x_i already weighted, added in order; the division (where given)
-    and ``basic.plus_base`` in float32 as torch computes them. One pass."""
-    out = np.empty(base.shape, dtype=np.float32)
-    _weighted_sum(
-        tensors,
-        np.asarray(weights if weights is not None else [1.0] * len(tensors), dtype=np.float32),
-        0 if weights is not None else 1,
-        divisor is not None,
-        np.float32(divisor if divisor is not None else 1.0),
-        np.float32(lambda_),
-        base,
-        out,
-    )
-    return torch.from_numpy(out)
 
 
 @intrinsic
@@ -599,7 +557,7 @@ def widened_difference(model: np.ndarray, base: np.ndarray | None, out: np.ndarr
 
 
 @kernel
-def _combination(models, base, coefficients, subtract, add_base, fused_adds, out):
+def _combination(models, base, coefficients, subtract, fused_adds, divide, divisor, lambda_, add_base, out):
     count = len(models)
     for j in range(out.shape[0]):
         reference = widen(base[j])
@@ -613,30 +571,40 @@ def _combination(models, base, coefficients, subtract, add_base, fused_adds, out
                 merged = fma(term, coefficients[i], merged)
             else:  # merged += term * c
                 merged = merged + term * coefficients[i]
-        out[j] = merged + reference if add_base else merged
+        if divide:
+            merged = merged / divisor
+        out[j] = merged * lambda_ + reference if add_base else merged
 
 
 def combination(
     models: tuple[np.ndarray, ...],
     base: np.ndarray | None,
-    coefficients: Sequence[float],
+    coefficients: Sequence[float] | None,
     *,
     subtract: bool,
     fused_adds: bool,
+    divisor: float | None = None,
+    lambda_: float = 1.0,
 ) -> torch.Tensor:
-    """Σ c_i·x_i (+ θ_base), x_i = θ_i − θ_base with ``subtract`` else θ_i: the first product, then
-    each next term added as ``merged.add_(x_i, alpha=c_i)`` (``fused_adds``: one rounding, torch's
-    fused multiply-add) or ``merged += x_i * c_i``; θ_base added last where given. The closed forms of
-    nuslerp, multislerp and karcher, in their operation order. One pass."""
+    """θ_base + λ·(Σ c_i·x_i ÷ ``divisor``), x_i = θ_i − θ_base with ``subtract`` else θ_i (or the
+    x_i already weighted: ``coefficients`` None, each c_i 1): the first product, then each next term
+    added as ``merged.add_(x_i, alpha=c_i)`` (``fused_adds``: one rounding, torch's fused multiply-add)
+    or ``merged += x_i * c_i``; the division where given, then ``basic.plus_base`` where ``base`` is
+    given (a product by 1 or by λ = 1 changes no bit). The closed forms of SLERP, nuslerp, multislerp and
+    karcher, ``basic.weighted_sum`` (DARE) and the plain sums of breadcrumbs and DELLA, in their
+    operation order. One pass."""
     out = np.empty(models[0].shape, dtype=np.float32)
     with_base = base is not None
     _combination(
         models,
         base if with_base else models[0],
-        np.asarray(coefficients, dtype=np.float32),
+        np.asarray(coefficients if coefficients is not None else [1.0] * len(models), dtype=np.float32),
         subtract and with_base,
-        with_base,
         fused_adds,
+        divisor is not None,
+        np.float32(divisor if divisor is not None else 1.0),
+        np.float32(lambda_),
+        with_base,
         out,
     )
     return torch.from_numpy(out)

@@ -154,9 +154,8 @@ def read_stacked(
             if is_base:
                 x[row].copy_(base)
                 continue
-            model = inputs.model(
-                row, start, stop
-            )  # may be a view of the input itself: never changed in place
+            # the model's slice may be a view of the input itself: never changed in place
+            model = inputs.model(row, start, stop)
             x[row].copy_(model - base if minus_base else model)
         return x
 

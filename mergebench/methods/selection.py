@@ -26,6 +26,8 @@ SLICE = 1 << 18  # entries of a materialised tensor counted at a time: the masks
 
 # (start, stop, step) → 1-D float values at flat positions start, start + step, … below stop
 Values = Callable[[int, int, int], torch.Tensor]
+# Top-k cuts (threshold, tie cutoff) that keep every entry (k ≥ n) and none (k ≤ 0); NaN is in neither.
+KEEP_ALL, KEEP_NONE = (float("-inf"), -1), (float("inf"), -1)
 # (start, stop, lo, hi) → ``count_and_band`` of the values at flat positions start … stop − 1
 Band = Callable[[int, int, float, float], tuple[int, torch.Tensor, torch.Tensor]]
 
@@ -145,9 +147,9 @@ def streamed_top_k_cut(
     returns all n values as one tensor, used only when the sampled bracket misses.
     """
     if k >= n:
-        return float("-inf"), -1
+        return KEEP_ALL
     if k <= 0:
-        return float("inf"), -1
+        return KEEP_NONE
     slices = spans(n, step)
     if n > 1 << 20:
         stride = n // SAMPLE

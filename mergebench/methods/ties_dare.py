@@ -21,6 +21,7 @@ from mergebench.methods.registry import (
     normalize_param,
 )
 from mergebench.methods.selection import (
+    KEEP_NONE,
     Band,
     Values,
     count_and_band,
@@ -105,7 +106,7 @@ def ties(
         from mergebench.methods import fused
 
         weighted = [
-            torch.from_numpy(fused.kept(model, views[-1], cut, piece.offset, w))
+            torch.from_numpy(fused.kept(model, views[-1], cut, KEEP_NONE, piece.offset, w))
             for model, w, cut in zip(views[:-1], weight, piece.stats, strict=True)
         ]
         flat_base = base.reshape(-1)
@@ -157,7 +158,10 @@ def dare(
             merged = elect_and_merge(parts, weight, normalize, base.reshape(-1), lambda_, piece.widen)
         else:
             tensors = tuple(part.numpy() for part in parts)
-            merged = fused.summed(tensors, flat_base, lambda_, weight, sum(weight) if normalize else None)
+            divisor = sum(weight) if normalize else None
+            merged = fused.combination(
+                tensors, flat_base, weight, subtract=False, fused_adds=True, divisor=divisor, lambda_=lambda_
+            )
         return merged.view(base.shape)
     *models, base = widened([*models, base], piece.widen)
     dropped = _dropped(models, base, density, piece, rescale)
