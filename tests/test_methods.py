@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mergebench.methods import get_method
-from mergebench.methods.selection import streamed_top_k_cut, top_k_cut
+from mergebench.methods.selection import streamed_top_k_cut, streamed_top_k_cuts, top_k_cut, top_k_cuts
 from mergebench.methods.sparsify import keep_mask, magnitude_mask, trim_mask
 from tests import reference as ref
 
@@ -109,6 +109,28 @@ def test_top_k_cut_is_exact_on_large_and_adversarial_inputs():
             # ties at the threshold are taken from the lowest indices
             tied = (data == threshold).nonzero().reshape(-1)
             assert torch.equal(kept[tied], torch.arange(tied.numel()) < int(kept[tied].sum()))
+
+
+def test_several_cuts_in_one_walk_equal_each_cut_alone():
+    """``top_k_cuts`` (one sample, one walk for every k: Arcee's quartiles, breadcrumbs' two cuts)
+    gives each k the cut ``top_k_cut`` gives it alone, k = 0 and k = n included; where one bracket
+    misses, only its cut falls back to the whole tensor."""
+    n = (1 << 20) + 12345
+    values = torch.randn(n, generator=torch.Generator().manual_seed(4)).abs()
+    lumpy = values.round(decimals=1)  # few distinct values: ties at every threshold
+    ks = [0, 1, n // 50, n // 5, n // 2, n - 3, n]
+    for data in (values, lumpy):
+        assert top_k_cuts(data, ks) == [top_k_cut(data, k) for k in ks]
+        materialised = []
+
+        def materialize(cut, data=data, materialised=materialised):
+            materialised.append(cut)
+            return data.clone()
+
+        sample = lambda a, b, s, data=data: data[a:b:s].clone()  # noqa: E731
+        got = streamed_top_k_cuts([sample] * len(ks), ks, n, materialize, 70001)
+        assert got == [top_k_cut(data, k) for k in ks]
+        assert set(materialised) <= {1, 5}  # only the extreme k may miss their brackets
 
 
 def test_streamed_top_k_cut_equals_the_materialised_cut_for_any_slicing():

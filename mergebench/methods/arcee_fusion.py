@@ -10,7 +10,7 @@ import torch
 
 from mergebench.mapper import Mapper, in_order
 from mergebench.methods.registry import Piece, TensorInputs, merge_method, whole_rows_length
-from mergebench.methods.selection import compared, kernel_views, times_mask, top_k_cut, widened
+from mergebench.methods.selection import compared, kernel_views, times_mask, top_k_cuts, widened
 
 SOFTMAX_EPS = 1e-8  # mergekit: p = softmax(θ_1) + 1e-8, q = softmax(θ_base) + 1e-8
 BLOCK = 1 << 18  # entries of whole rows scored at a time by the stats step
@@ -39,13 +39,15 @@ def flat_importance(model: torch.Tensor, base: torch.Tensor, shape: Sequence[int
     return scores.reshape(-1).to(model.device)
 
 
-def order_statistic(values: torch.Tensor, k: int, map: Mapper = in_order) -> float:
-    """The (k + 1)-th smallest of a 1-D tensor: ``kthvalue(k + 1)``, but on large tensors through the
-    sampled bracket of ``top_k_cut`` (the (n − k)-th largest), which is exact and copies no tensor."""
+def order_statistics(values: torch.Tensor, ks: Sequence[int], map: Mapper = in_order) -> list[float]:
+    """The (k + 1)-th smallest of a 1-D tensor for each k: ``kthvalue(k + 1)``, but on large tensors
+    through the sampled brackets of ``top_k_cuts`` (the (n − k)-th largest; one sample and one walk for
+    all of them), which is exact and copies no tensor."""
     n = values.numel()
-    if n <= 1 << 20 or k == 0:
-        return float(values.kthvalue(k + 1).values)
-    return top_k_cut(values, n - k, map)[0]
+    if n <= 1 << 20:
+        return [float(values.kthvalue(k + 1).values) for k in ks]
+    cuts = top_k_cuts(values, [n - k for k in ks], map)  # k = 0 keeps all: no threshold, the minimum
+    return [float(values.min()) if k == 0 else threshold for k, (threshold, _) in zip(ks, cuts, strict=True)]
 
 
 def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
@@ -65,7 +67,7 @@ def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
 
     inputs.slices(score, whole_rows_length(row_length(inputs.shape), BLOCK))
     last = n - 1
-    q1, median, q3 = (order_statistic(scores, k, inputs.map) for k in (last // 4, last // 2, 3 * last // 4))
+    q1, median, q3 = order_statistics(scores, [last // 4, last // 2, 3 * last // 4], inputs.map)
     return compared(scores, operator.ge, median + 1.5 * (q3 - q1))
 
 

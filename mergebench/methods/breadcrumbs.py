@@ -28,7 +28,15 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import KEEP_ALL, KEEP_NONE, kernel_views, times_mask, top_k_cut, widened
+from mergebench.methods.selection import (
+    KEEP_ALL,
+    KEEP_NONE,
+    kernel_views,
+    task_vector_cuts,
+    times_mask,
+    top_k_cuts,
+    widened,
+)
 from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
 
 GAMMA = Param(
@@ -59,7 +67,9 @@ def breadcrumbs_stats(
     inputs: TensorInputs, *, density: Sequence[float], gamma: Sequence[float], rescale: bool, **_
 ) -> list[Band | None]:
     """Each task vector's band cuts over the whole tensor (None: density 1, nothing dropped), and with
-    ``rescale`` its L1 norms before and after. |τ_i| is built slice by slice in one workspace."""
+    ``rescale`` its L1 norms before and after. Without ``rescale`` the cuts are streamed from the
+    inputs (``task_vector_cuts``); with it |τ_i| is built slice by slice in one workspace, which the
+    norms read too."""
     n = inputs.numel
     magnitude: torch.Tensor | None = None
     bands: list[Band | None] = []
@@ -67,15 +77,16 @@ def breadcrumbs_stats(
         if d >= 1.0:
             bands.append(None)  # mergekit returns τ untouched (gamma and rescale included)
             continue
-        magnitude = _magnitudes(inputs, index, inputs.workspace() if magnitude is None else magnitude)
         keep = fraction_count(n, d)
         top = min(fraction_count(n, g), n - keep)
-        band = Band(top_k_cut(magnitude, top, inputs.map), top_k_cut(magnitude, top + keep, inputs.map), 1.0)
-        if rescale:
-            before = float(magnitude.sum(dtype=torch.float64))
-            after = _kept_l1(inputs, magnitude, band)
-            band = band._replace(scale=l1_rescale(before, after))
-        bands.append(band)
+        if not rescale:
+            bands.append(Band(*task_vector_cuts(inputs, [(index, top), (index, top + keep)]), 1.0))
+            continue
+        magnitude = _magnitudes(inputs, index, inputs.workspace() if magnitude is None else magnitude)
+        band = Band(*top_k_cuts(magnitude, [top, top + keep], inputs.map), 1.0)
+        before = float(magnitude.sum(dtype=torch.float64))
+        after = _kept_l1(inputs, magnitude, band)
+        bands.append(band._replace(scale=l1_rescale(before, after)))
     return bands
 
 
@@ -140,24 +151,22 @@ def breadcrumbs(
     with ``rescale``. combine: Σ (÷ Σ w_i with ``normalize``), or with ``elect_signs`` TIES' election
     of sign(Σ w_i τ̂_i) and the sum of agreeing entries (÷ their total weight with ``normalize``)."""
     views = kernel_views([*models, base], piece.widen)
-    if views is not None:  # one pass per model, one to combine (``fused``)
+    if views is not None:  # one pass (``fused``)
         from mergebench.methods import fused
 
-        parts = [
-            fused.kept(model, views[-1], band.top_and_kept, band.top, piece.offset, w, band.scale)
-            if band is not None
-            else fused.kept(model, views[-1], KEEP_ALL, KEEP_NONE, piece.offset, w)  # density 1: all of τ
-            for model, band, w in zip(views[:-1], piece.stats, weight, strict=True)
+        cuts = [
+            (band.top_and_kept, band.top, band.scale) if band is not None else (KEEP_ALL, KEEP_NONE, 1.0)
+            for band in piece.stats  # None: density 1, all of τ
         ]
-        flat_base = base.reshape(-1)
-        if elect_signs:
-            tensors = [torch.from_numpy(part) for part in parts]
-            return elect_and_merge(tensors, weight, normalize, flat_base, lambda_, piece.widen).view(
-                base.shape
-            )
-        divisor = sum(weight) if normalize else None
-        merged = fused.combination(
-            tuple(parts), views[-1], None, subtract=False, fused_adds=False, divisor=divisor, lambda_=lambda_
+        merged = fused.trimmed_merge(
+            views[:-1],
+            views[-1],
+            cuts,
+            piece.offset,
+            weight,
+            elect_signs=elect_signs,
+            normalize=normalize,
+            lambda_=lambda_,
         )
         return merged.view(base.shape)
     *models, base = widened([*models, base], piece.widen)

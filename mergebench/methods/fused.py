@@ -140,14 +140,20 @@ def disjoint_merge(
     return torch.from_numpy(out)
 
 
+@njit(inline="always")
+def _trimmed(value, reference, j, keep, keep_cutoff, drop, drop_cutoff, scale, weight):
+    """Entry j of w·s·τ·mask (``kept``): τ = value − reference, inside the keep cut, not inside drop."""
+    delta = widen(value) - reference
+    magnitude = abs(delta)
+    inside = (magnitude > keep) | ((magnitude == keep) & (j <= keep_cutoff))
+    above = (magnitude > drop) | ((magnitude == drop) & (j <= drop_cutoff))
+    return delta * (ONE if inside and not above else ZERO) * scale * weight
+
+
 @kernel
 def _kept(model, base, keep, keep_cutoff, drop, drop_cutoff, scale, weight, out):
     for j in range(out.shape[0]):
-        delta = widen(model[j]) - widen(base[j])
-        magnitude = abs(delta)
-        inside = (magnitude > keep) | ((magnitude == keep) & (j <= keep_cutoff))
-        above = (magnitude > drop) | ((magnitude == drop) & (j <= drop_cutoff))
-        out[j] = delta * (ONE if inside and not above else ZERO) * scale * weight
+        out[j] = _trimmed(model[j], widen(base[j]), j, keep, keep_cutoff, drop, drop_cutoff, scale, weight)
 
 
 def kept(
@@ -176,6 +182,93 @@ def kept(
         out,
     )
     return out
+
+
+@kernel
+def _trimmed_merge(
+    models, base, keep, keep_cutoff, drop, drop_cutoff, scale, weight, normalize, divisor, lambda_, out
+):
+    # Per-model cuts, scales and weights come as tuples (values: they stay in registers, where arrays
+    # that ``out`` might alias are reloaded each entry). ``divisor`` None: TIES' election
+    # (``_disjoint_merge``'s steps on the trimmed entries, recomputed rather than stored), else the plain
+    # sum ÷ divisor (``combination``'s).
+    count = len(models)
+    for j in range(out.shape[0]):
+        reference = widen(base[j])
+        total = _trimmed(
+            models[0][j], reference, j, keep[0], keep_cutoff[0], drop[0], drop_cutoff[0], scale[0], weight[0]
+        )
+        for i in range(1, count):
+            total = total + _trimmed(
+                models[i][j],
+                reference,
+                j,
+                keep[i],
+                keep_cutoff[i],
+                drop[i],
+                drop_cutoff[i],
+                scale[i],
+                weight[i],
+            )
+        if divisor is None:
+            merged = ZERO
+            agreeing = ZERO
+            for i in range(count):
+                delta = _trimmed(
+                    models[i][j],
+                    reference,
+                    j,
+                    keep[i],
+                    keep_cutoff[i],
+                    drop[i],
+                    drop_cutoff[i],
+                    scale[i],
+                    weight[i],
+                )
+                agrees = (
+                    ONE if ((delta > ZERO) & (total > ZERO)) | ((delta < ZERO) & (total < ZERO)) else ZERO
+                )
+                merged = merged + delta * agrees
+                agreeing = agreeing + agrees * weight[i]
+            if normalize:
+                merged = merged / (ONE if agreeing == ZERO else agreeing)
+        else:
+            merged = total / divisor if normalize else total
+        out[j] = merged * lambda_ + reference
+
+
+def trimmed_merge(
+    models: tuple[np.ndarray, ...],
+    base: np.ndarray,
+    cuts: Sequence[tuple[tuple[float, int], tuple[float, int], float]],
+    offset: int,
+    weights: Sequence[float],
+    *,
+    elect_signs: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """θ_base + λ·combine_i(``kept``(θ_i, θ_base, keep_i, drop_i, w_i, s_i)) of a chunk at flat
+    ``offset``, ``cuts`` giving each model's (keep, drop, scale): combined by ``disjoint_merge``
+    (``elect_signs``) or summed (÷ Σ w_i with ``normalize``, as ``combination``). TIES' and
+    breadcrumbs' whole merge in one pass: the trimmed task vectors never leave registers."""
+    out = np.empty(base.shape, dtype=np.float32)
+    size = out.size
+    _trimmed_merge(
+        models,
+        base,
+        tuple(np.float32(keep[0]) for keep, _, _ in cuts),
+        tuple(np.int64(_local(keep[1], offset, size)) for keep, _, _ in cuts),
+        tuple(np.float32(drop[0]) for _, drop, _ in cuts),
+        tuple(np.int64(_local(drop[1], offset, size)) for _, drop, _ in cuts),
+        tuple(np.float32(scale) for _, _, scale in cuts),
+        tuple(np.float32(w) for w in weights),
+        normalize,
+        None if elect_signs else np.float32(sum(weights)),
+        np.float32(lambda_),
+        out,
+    )
+    return torch.from_numpy(out)
 
 
 def _local(cutoff: int, offset: int, size: int) -> int:

@@ -12,7 +12,6 @@ from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
     LAMBDA,
-    STATS_CHUNK,
     WEIGHT,
     Param,
     Piece,
@@ -20,59 +19,14 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import (
-    KEEP_NONE,
-    Band,
-    Values,
-    count_and_band,
-    kernel_views,
-    streamed_top_k_cut,
-    times_mask,
-    widened,
-)
+from mergebench.methods.selection import KEEP_NONE, kernel_views, task_vector_cuts, times_mask, widened
 from mergebench.methods.sparsify import dare_drop, dropped_views, elect_and_merge, keep_count, trim_mask
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
-    """Each task vector's trim (threshold, tie cutoff) over the whole tensor. |τ_i| is recomputed slice
-    by slice where it is needed (``streamed_top_k_cut``); a tensor-sized workspace is filled only
-    if the sampled bracket misses."""
-    n = inputs.numel
-    step = STATS_CHUNK if inputs.device.type == "cpu" else max(1, n)  # a GPU wants whole tensors
-
-    def magnitude(index: int) -> Values:
-        return lambda start, stop, step: torch.sub(
-            inputs.model(index, start, stop, step), inputs.base(start, stop, step)
-        ).abs_()
-
-    def materialize(index: int) -> torch.Tensor:
-        whole = inputs.workspace()
-
-        def fill(start: int, stop: int) -> None:
-            whole[start:stop] = magnitude(index)(start, stop, 1)
-
-        inputs.slices(fill)
-        return whole
-
-    def band(index: int) -> Band:
-        def count(start: int, stop: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
-            views = kernel_views(
-                [inputs.stored(index, start, stop), inputs.stored(None, start, stop)], inputs.widen
-            )
-            if views is None:
-                return count_and_band(magnitude(index)(start, stop, 1), lo, hi)
-            from mergebench.methods import fused
-
-            return fused.band(views[0], lo, hi, views[1])
-
-        return count
-
-    return [
-        streamed_top_k_cut(
-            magnitude(i), n, keep_count(n, d), functools.partial(materialize, i), step, inputs.map, band(i)
-        )
-        for i, d in enumerate(density)
-    ]
+    """Each task vector's trim (threshold, tie cutoff) over the whole tensor, streamed from the inputs
+    (``task_vector_cuts``)."""
+    return task_vector_cuts(inputs, [(i, keep_count(inputs.numel, d)) for i, d in enumerate(density)])
 
 
 @merge_method(
@@ -102,15 +56,21 @@ def ties(
     (``normalize``) by the weight of agreeing entries.
     """
     views = kernel_views([*models, base], piece.widen)
-    if views is not None:  # one pass per model (``fused``)
+    if views is not None:  # one pass (``fused``)
         from mergebench.methods import fused
 
-        weighted = [
-            torch.from_numpy(fused.kept(model, views[-1], cut, KEEP_NONE, piece.offset, w))
-            for model, w, cut in zip(views[:-1], weight, piece.stats, strict=True)
-        ]
-        flat_base = base.reshape(-1)
-        return elect_and_merge(weighted, weight, normalize, flat_base, lambda_, piece.widen).view(base.shape)
+        cuts = [(cut, KEEP_NONE, 1.0) for cut in piece.stats]
+        merged = fused.trimmed_merge(
+            views[:-1],
+            views[-1],
+            cuts,
+            piece.offset,
+            weight,
+            elect_signs=True,
+            normalize=normalize,
+            lambda_=lambda_,
+        )
+        return merged.view(base.shape)
     *models, base = widened([*models, base], piece.widen)
     weighted = []
     for model, w, (threshold, cutoff) in zip(models, weight, piece.stats, strict=True):
