@@ -288,6 +288,27 @@ def test_sce_kernels_are_the_torch_path_bit_for_bit(count, select_topk):
     assert torch.equal(bits(fast), bits(slow))
 
 
+@pytest.mark.parametrize("masked", [True, False])
+def test_kernels_given_no_mask_or_base_read_only_inside_their_arrays(monkeypatch, masked):
+    """Compiled kernels skip bounds checks, so a kernel reading past an array reads whatever lies
+    there (SCE's merge once read a 1-entry dummy mask at every position: a segfault now and then on
+    16 cores). Their Python bodies run here instead, where numpy raises IndexError for any such read:
+    SCE without a variance mask, the disjoint merge without a base, the trimmed merge."""
+    models, base = inputs(2, 4099, seed=31)
+    views = tuple(m.nan_to_num(0.0).numpy() for m in models)
+    flat_base = base.nan_to_num(0.0).numpy()
+    for name in ("_sce_merge", "_disjoint_merge", "_trimmed_merge"):
+        monkeypatch.setattr(fused, name, getattr(fused, name).py_func)
+    mask = np.arange(4099) % 3 == 0 if masked else None
+    cuts = [((0.01, 100), KEEP_NONE, 1.0)] * 2
+    with np.errstate(all="ignore"):  # numpy's scalars warn where the kernels' float math does not
+        fused.sce_merge(views, flat_base, mask, [0.6, 0.4], 1e-6)
+        fused.disjoint_merge(views, [0.6, 0.4], True, flat_base if masked else None)
+        fused.trimmed_merge(
+            views, flat_base, cuts, 0, [0.6, 0.4], elect_signs=masked, normalize=True, lambda_=1.0
+        )
+
+
 @pytest.mark.parametrize("count", [1, 2, 3])
 def test_ram_kernels_are_the_torch_path_bit_for_bit(count):
     """RAM's merge (with RAM+ boosts) and RAM+'s overlap counts through the kernels equal the torch/numpy

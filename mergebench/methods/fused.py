@@ -536,10 +536,12 @@ def masked_wide(model: np.ndarray, base: np.ndarray, selected: np.ndarray) -> np
 
 
 @kernel
-def _sce_merge(models, base, selected, masked, weights, floor, out):
+def _sce_merge(models, base, selected, weights, floor, out):
+    # ``selected`` None (every entry: a type of its own, so that case compiles without the mask) or
+    # the chunk's mask — a dummy array here once read past its end and crashed a 16-core run
     count = len(models)
     for j in range(out.shape[0]):
-        keep = ONE if (selected[j] or not masked) else ZERO
+        keep = ONE if selected is None else (ONE if selected[j] else ZERO)
         total = (widen(models[0][j]) - widen(base[j])) * keep
         for i in range(1, count):
             total = total + (widen(models[i][j]) - widen(base[j])) * keep
@@ -564,12 +566,10 @@ def sce_merge(
     """``sce.sce`` of a chunk (``selected``: its part of the variance mask, None: every entry):
     θ_base + Σ w_i[agree]τ̂_i / max(Σ w_i[agree], floor), in torch's operation order. One pass."""
     out = np.empty(base.shape, dtype=np.float32)
-    masked = selected is not None
     _sce_merge(
         models,
         base,
-        selected if masked else np.zeros(1, dtype=np.bool_),
-        masked,
+        selected,
         np.asarray(weights, dtype=np.float32),
         np.float32(floor),
         out,
