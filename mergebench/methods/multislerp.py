@@ -54,8 +54,11 @@ def multislerp_stats(
     if square < CANCELLATION_FLOOR * float(scales.square() @ g.diagonal()):
 
         def squared_norm(start: int, stop: int) -> float:
+            # products rounded, then added: exactly opposite terms give exactly 0. A matrix-vector
+            # product may fuse them (an FMA leaves s·x's rounding error: with eps 0, ‖m‖ > 0 and the
+            # result a unit step along noise — seen with torch 2.11 on an AVX-512 Xeon)
             x = read(start, stop)
-            return float((scales.to(x.device) @ x).square().sum())
+            return float((scales.to(x.device)[:, None] * x).sum(dim=0).square().sum())
 
         square = sum(inputs.slices(squared_norm))  # the slices' sums added in slice order
     mean_norm = math.sqrt(square)
