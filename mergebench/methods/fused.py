@@ -167,8 +167,9 @@ def kept(
 ) -> np.ndarray:
     """w·s·τ·mask of a chunk at flat ``offset``, τ = θ − θ_base: the mask keeps entries inside the
     top-k cut ``keep`` but not inside ``drop`` (each a (threshold, tie cutoff) of
-    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does). TIES' trim (``drop``
-    ``selection.KEEP_NONE``) and breadcrumbs' band; the products in the torch path's order. One pass."""
+    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does); the products in the torch
+    path's order. One pass. DELLA's whole τ (density 1) and the reference of ``trimmed_merge``'s
+    per-model step (TIES' trim: ``drop`` ``selection.KEEP_NONE``; breadcrumbs' band)."""
     out = np.empty(model.shape, dtype=np.float32)
     _kept(
         model,
@@ -191,7 +192,8 @@ def _trimmed_merge(
     # Per-model cuts, scales and weights come as tuples (values: they stay in registers, where arrays
     # that ``out`` might alias are reloaded each entry). ``divisor`` None: TIES' election
     # (``_disjoint_merge``'s steps on the trimmed entries, recomputed rather than stored), else the plain
-    # sum ÷ divisor (``combination``'s).
+    # sum ÷ divisor (``combination``'s). ``_trimmed`` is spelled out at each use: through a helper that
+    # itself inlined ``_trimmed``, a first (uncached) compile came out scalar, 8× slower.
     count = len(models)
     for j in range(out.shape[0]):
         reference = widen(base[j])
