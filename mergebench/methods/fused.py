@@ -197,11 +197,9 @@ def _trimmed_merge(
     count = len(models)
     for j in range(out.shape[0]):
         reference = widen(base[j])
-        total = _trimmed(
-            models[0][j], reference, j, keep[0], keep_cutoff[0], drop[0], drop_cutoff[0], scale[0], weight[0]
-        )
-        for i in range(1, count):
-            total = total + _trimmed(
+        total = ZERO
+        for i in range(count):  # the first term as it is (ZERO + −0 would be +0), then added
+            term = _trimmed(
                 models[i][j],
                 reference,
                 j,
@@ -212,6 +210,7 @@ def _trimmed_merge(
                 scale[i],
                 weight[i],
             )
+            total = term if i == 0 else total + term
         if divisor is None:
             merged = ZERO
             agreeing = ZERO
