@@ -156,6 +156,27 @@ def test_methods_take_the_kernels_only_for_contiguous_float32_and_get_the_torch_
 
 
 @pytest.mark.parametrize("count", [1, 3])
+@pytest.mark.parametrize("elect_signs", [True, False])
+@pytest.mark.parametrize("normalize", [True, False])
+def test_trimmed_merge_of_one_or_three_models_is_the_torch_path_bit_for_bit(count, elect_signs, normalize):
+    """``sparsify.trimmed_merge`` (TIES, breadcrumbs) through ``fused.trimmed_merge`` equals its torch
+    operations (strided inputs) for one and three task vectors: a TIES trim, a breadcrumbs band with a
+    scale, a whole τ."""
+    models, base = inputs(count, 4099, seed=43 + count)
+    base[10:20] = -0.0  # trimmed-away negative entries over a −0 base: every term −0, and so the sum
+    for model in models:
+        model[10:20] = -1e-30
+    magnitude = (models[0] - base).abs().nan_to_num(0.0)
+    cut = [float(magnitude.quantile(q)) for q in (0.5, 0.7, 0.9)]
+    trims = [((cut[0], 2100), KEEP_NONE, 1.0), ((cut[1], 1500), (cut[2], 3000), 1.25), sparsify.WHOLE][:count]
+    weights = [0.6, -0.4, 0.3][:count]
+    keywords = dict(offset=0, widen=False, elect_signs=elect_signs, normalize=normalize, lambda_=0.9)
+    fast = sparsify.trimmed_merge([m.clone() for m in models], base.clone(), trims, weights, **keywords)
+    slow = sparsify.trimmed_merge([strided(m) for m in models], strided(base), trims, weights, **keywords)
+    assert torch.equal(bits(fast), bits(slow))
+
+
+@pytest.mark.parametrize("count", [1, 3])
 def test_sum_kernel_is_weighted_sum_and_plus_base_bit_for_bit(count):
     """``fused.combination`` as a sum: Σ w_i·x_i with torch's fused multiply-adds
     (``basic.weighted_sum``), or already weighted x_i added in order; ÷ a divisor; then θ_base + λ·(…)

@@ -11,12 +11,11 @@ our TIES trim (mergekit's unstable sort leaves them to chance), so gamma = 0 is 
 from __future__ import annotations
 
 import functools
-from collections.abc import Iterator, Sequence
+from collections.abc import Sequence
 from typing import NamedTuple
 
 import torch
 
-from mergebench.methods.basic import plus_base
 from mergebench.methods.registry import (
     DENSITY,
     INT8_MASK,
@@ -29,15 +28,12 @@ from mergebench.methods.registry import (
     normalize_param,
 )
 from mergebench.methods.selection import (
-    KEEP_ALL,
-    KEEP_NONE,
     kernel_views,
     task_vector_cuts,
     times_mask,
     top_k_cuts,
-    widened,
 )
-from mergebench.methods.sparsify import elect_and_merge, fraction_count, l1_rescale, trim_mask
+from mergebench.methods.sparsify import WHOLE, fraction_count, kept_mask, l1_rescale, trimmed_merge
 
 GAMMA = Param(
     "gamma", float, 0.01, per_model=True, valid=lambda v: 0.0 <= v <= 1.0, expect="in [0, 1]"
@@ -53,14 +49,6 @@ class Band(NamedTuple):
     top: tuple[float, int]
     top_and_kept: tuple[float, int]
     scale: float
-
-
-def band_mask(delta: torch.Tensor, band: Band, offset: int = 0) -> torch.Tensor:
-    """Keep-mask of a flat chunk starting at ``offset``: inside the top top+keep but not the top top."""
-    inside, top = trim_mask(delta, *band.top_and_kept, offset), trim_mask(delta, *band.top, offset)
-    if inside.device.type == "cpu":  # numpy's bool ops: torch's are scalar loops
-        return torch.from_numpy(inside.numpy() & ~top.numpy())
-    return inside & ~top
 
 
 def breadcrumbs_stats(
@@ -114,22 +102,10 @@ def _kept_l1(inputs: TensorInputs, magnitude: torch.Tensor, band: Band) -> float
 
     def kept(start: int, stop: int) -> float:
         part = magnitude[start:stop]
-        return float(times_mask(part, band_mask(part, band, start), in_place=False).sum(dtype=torch.float64))
+        mask = kept_mask(part, band.top_and_kept, band.top, start)
+        return float(times_mask(part, mask, in_place=False).sum(dtype=torch.float64))
 
     return sum(inputs.slices(kept), 0.0)
-
-
-def sparsified(
-    models: Sequence[torch.Tensor], base: torch.Tensor, bands: Sequence[Band | None], offset: int
-) -> Iterator[torch.Tensor]:
-    """τ̂_i = rescale_i · mask_i ⊙ (θ_i − θ_base) for a flat chunk at ``offset`` (whole tensor: 0)."""
-    for model, band in zip(models, bands, strict=True):
-        delta = model - base
-        if band is not None:
-            times_mask(delta, band_mask(delta, band, offset), in_place=True)
-            if band.scale != 1.0:
-                delta *= band.scale
-        yield delta
 
 
 def breadcrumbs(
@@ -150,38 +126,18 @@ def breadcrumbs(
     magnitudes dropped so that ⌊density·n⌋ remain (bands from ``breadcrumbs_stats``), ×‖τ_i‖₁/‖τ̂_i‖₁
     with ``rescale``. combine: Σ (÷ Σ w_i with ``normalize``), or with ``elect_signs`` TIES' election
     of sign(Σ w_i τ̂_i) and the sum of agreeing entries (÷ their total weight with ``normalize``)."""
-    views = kernel_views([*models, base], piece.widen)
-    if views is not None:  # one pass (``fused``)
-        from mergebench.methods import fused
-
-        cuts = [
-            (band.top_and_kept, band.top, band.scale) if band is not None else (KEEP_ALL, KEEP_NONE, 1.0)
-            for band in piece.stats  # None: density 1, all of τ
-        ]
-        merged = fused.trimmed_merge(
-            views[:-1],
-            views[-1],
-            cuts,
-            piece.offset,
-            weight,
-            elect_signs=elect_signs,
-            normalize=normalize,
-            lambda_=lambda_,
-        )
-        return merged.view(base.shape)
-    *models, base = widened([*models, base], piece.widen)
-    weighted = [
-        delta.mul_(w)
-        for delta, w in zip(sparsified(models, base, piece.stats, piece.offset), weight, strict=True)
-    ]
-    if elect_signs:
-        return elect_and_merge(weighted, weight, normalize, base, lambda_)
-    update = weighted[0]
-    for delta in weighted[1:]:
-        update += delta
-    if normalize:
-        update /= sum(weight)
-    return plus_base(update, base, lambda_)
+    trims = [(band.top_and_kept, band.top, band.scale) if band is not None else WHOLE for band in piece.stats]
+    return trimmed_merge(
+        models,
+        base,
+        trims,
+        weight,
+        offset=piece.offset,
+        widen=piece.widen,
+        elect_signs=elect_signs,
+        normalize=normalize,
+        lambda_=lambda_,
+    )
 
 
 for _name, _elect, _then in (

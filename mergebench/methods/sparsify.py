@@ -15,6 +15,8 @@ import torch
 
 from mergebench.methods.basic import plus_base
 from mergebench.methods.selection import (
+    KEEP_ALL,
+    KEEP_NONE,
     compared,
     kernel_views,
     ones_where_zero,
@@ -71,6 +73,76 @@ def trim_mask(delta: torch.Tensor, threshold: float, cutoff: int, offset: int = 
         return compared(magnitude, operator.ge if cutoff >= last else operator.gt, threshold)
     positions = torch.arange(offset, offset + delta.numel(), device=delta.device).reshape(delta.shape)
     return (magnitude > threshold) | ((magnitude == threshold) & (positions <= cutoff))
+
+
+def kept_mask(
+    delta: torch.Tensor, keep: tuple[float, int], drop: tuple[float, int], offset: int = 0
+) -> torch.Tensor:
+    """Keep-mask of a flat chunk of a task vector at ``offset``: inside the top-k cut ``keep`` and not
+    inside ``drop`` (``KEEP_NONE``: nothing dropped, TIES' trim; breadcrumbs drops its top band)."""
+    inside = trim_mask(delta, *keep, offset)
+    if drop == KEEP_NONE:
+        return inside
+    above = trim_mask(delta, *drop, offset)
+    if inside.device.type == "cpu":  # numpy's bool ops: torch's are scalar loops
+        return torch.from_numpy(inside.numpy() & ~above.numpy())
+    return inside & ~above
+
+
+# A task vector's trim: the entries inside the cut ``keep`` and not inside ``drop``, times a scale
+Trim = tuple[tuple[float, int], tuple[float, int], float]
+WHOLE: Trim = (KEEP_ALL, KEEP_NONE, 1.0)  # every entry, unscaled
+
+
+def trimmed_merge(
+    models: Sequence[torch.Tensor],
+    base: torch.Tensor,
+    trims: Sequence[Trim],
+    weight: Sequence[float],
+    *,
+    offset: int,
+    widen: bool,
+    elect_signs: bool,
+    normalize: bool,
+    lambda_: float,
+) -> torch.Tensor:
+    """θ_base + λ·combine_i(w_i·s_i·τ_i·mask_i) of a flat chunk at ``offset`` (``kept_mask`` of each
+    ``trims[i]`` = (keep, drop, s_i)): combined by TIES' sign election and disjoint mean
+    (``elect_signs``) or summed (÷ Σ w_i with ``normalize``). TIES' and breadcrumbs' merge: one pass
+    on the CPU (``fused.trimmed_merge``), torch's operations elsewhere; chunks may be stored bf16 with
+    ``widen`` (``Piece.widen``)."""
+    views = kernel_views([*models, base], widen)
+    if views is not None:
+        from mergebench.methods import fused
+
+        merged = fused.trimmed_merge(
+            views[:-1],
+            views[-1],
+            trims,
+            offset,
+            weight,
+            elect_signs=elect_signs,
+            normalize=normalize,
+            lambda_=lambda_,
+        )
+        return merged.view(base.shape)
+    *models, base = widened([*models, base], widen)
+    weighted = []
+    for model, w, (keep, drop, scale) in zip(models, weight, trims, strict=True):
+        delta = model - base
+        if (keep, drop) != (KEEP_ALL, KEEP_NONE):
+            times_mask(delta, kept_mask(delta, keep, drop, offset), in_place=True)
+        if scale != 1.0:
+            delta *= scale
+        weighted.append(delta.mul_(w))
+    if elect_signs:
+        return elect_and_merge(weighted, weight, normalize, base, lambda_)
+    update = weighted[0]
+    for delta in weighted[1:]:
+        update += delta
+    if normalize:
+        update /= sum(weight)
+    return plus_base(update, base, lambda_)
 
 
 def magnitude_mask(delta: torch.Tensor, density: float) -> torch.Tensor:

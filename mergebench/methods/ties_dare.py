@@ -19,8 +19,8 @@ from mergebench.methods.registry import (
     merge_method,
     normalize_param,
 )
-from mergebench.methods.selection import KEEP_NONE, kernel_views, task_vector_cuts, times_mask, widened
-from mergebench.methods.sparsify import dare_drop, dropped_views, elect_and_merge, keep_count, trim_mask
+from mergebench.methods.selection import KEEP_NONE, kernel_views, task_vector_cuts, widened
+from mergebench.methods.sparsify import dare_drop, dropped_views, elect_and_merge, keep_count, trimmed_merge
 
 
 def ties_stats(inputs: TensorInputs, *, density: Sequence[float], **_) -> list[tuple[float, int]]:
@@ -55,29 +55,18 @@ def ties(
     ``ties_stats``); the elected sign is sign(Σ w_i·τ̂_i); only agreeing entries are summed, divided
     (``normalize``) by the weight of agreeing entries.
     """
-    views = kernel_views([*models, base], piece.widen)
-    if views is not None:  # one pass (``fused``)
-        from mergebench.methods import fused
-
-        cuts = [(cut, KEEP_NONE, 1.0) for cut in piece.stats]
-        merged = fused.trimmed_merge(
-            views[:-1],
-            views[-1],
-            cuts,
-            piece.offset,
-            weight,
-            elect_signs=True,
-            normalize=normalize,
-            lambda_=lambda_,
-        )
-        return merged.view(base.shape)
-    *models, base = widened([*models, base], piece.widen)
-    weighted = []
-    for model, w, (threshold, cutoff) in zip(models, weight, piece.stats, strict=True):
-        delta = model - base
-        times_mask(delta, trim_mask(delta, threshold, cutoff, piece.offset), in_place=True)
-        weighted.append(delta.mul_(w))
-    return elect_and_merge(weighted, weight, normalize, base, lambda_)
+    trims = [(cut, KEEP_NONE, 1.0) for cut in piece.stats]
+    return trimmed_merge(
+        models,
+        base,
+        trims,
+        weight,
+        offset=piece.offset,
+        widen=piece.widen,
+        elect_signs=True,
+        normalize=normalize,
+        lambda_=lambda_,
+    )
 
 
 def _dropped(models, base, density, piece: Piece, rescale: bool):
