@@ -7,7 +7,7 @@ import pytest
 import torch
 
 from mergebench.methods import get_method
-from mergebench.methods.selection import streamed_top_k_cut, streamed_top_k_cuts, top_k_cut, top_k_cuts
+from mergebench.methods.selection import streamed_top_k_cuts, top_k_cut, top_k_cuts
 from mergebench.methods.sparsify import keep_mask, magnitude_mask, trim_mask
 from tests import reference as ref
 
@@ -145,12 +145,12 @@ def test_streamed_top_k_cut_equals_the_materialised_cut_for_any_slicing():
             for step in (70001, 1 << 18, n):
                 materialised = []
 
-                def materialize(data=data, materialised=materialised):
-                    materialised.append(True)
+                def materialize(cut, data=data, materialised=materialised):
+                    materialised.append(cut)
                     return data.clone()
 
-                got = streamed_top_k_cut(
-                    lambda a, b, s, data=data: data[a:b:s].clone(), n, k, materialize, step
+                (got,) = streamed_top_k_cuts(
+                    [lambda a, b, s, data=data: data[a:b:s].clone()], [k], n, materialize, step
                 )
                 assert got == top_k_cut(data, k), (k, step)
                 if k == n // 5:  # (extreme k may fall outside the sampled bracket: the fallback)

@@ -167,7 +167,7 @@ def kept(
 ) -> np.ndarray:
     """w·s·τ·mask of a chunk at flat ``offset``, τ = θ − θ_base: the mask keeps entries inside the
     top-k cut ``keep`` but not inside ``drop`` (each a (threshold, tie cutoff) of
-    ``selection.streamed_top_k_cut``, tested as ``sparsify.trim_mask`` does); the products in the torch
+    ``selection.streamed_top_k_cuts``, tested as ``sparsify.trim_mask`` does); the products in the torch
     path's order. One pass. DELLA's whole τ (density 1) and the reference of ``trimmed_merge``'s
     per-model step (TIES' trim: ``drop`` ``selection.KEEP_NONE``; breadcrumbs' band)."""
     out = np.empty(model.shape, dtype=np.float32)

@@ -128,29 +128,6 @@ def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torc
     return int(torch.count_nonzero(chunk > hi)), chunk[where], where
 
 
-def streamed_top_k_cut(
-    values: Values,
-    n: int,
-    k: int,
-    materialize: Callable[[], torch.Tensor],
-    step: int,
-    map: Mapper = in_order,
-    band: Band | None = None,
-) -> tuple[float, int]:
-    """(threshold, cutoff) keeping exactly the k largest of n values: |x| > threshold, plus entries
-    equal to the threshold up to flat index ``cutoff`` (ties broken toward lower index).
-
-    ``values(start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
-    ``values(0, n, stride)``, the count walks slices ``values(a, b, 1)``);
-    ``step`` is the slice length to walk with, ``map`` how the slices are counted (``TensorInputs.map``:
-    on idle cores); ``band(start, stop, lo, hi)``, where given, is ``count_and_band`` of
-    ``values(start, stop, 1)`` computed without them (``fused.band``); ``materialize()``
-    returns all n values as one tensor, used only when the sampled bracket misses.
-    """
-    bands = None if band is None else [band]
-    return streamed_top_k_cuts([values], [k], n, lambda _: materialize(), step, map, bands)[0]
-
-
 def streamed_top_k_cuts(
     values: Sequence[Values],
     ks: Sequence[int],
@@ -160,10 +137,20 @@ def streamed_top_k_cuts(
     map: Mapper = in_order,
     bands: Sequence[Band] | None = None,
 ) -> list[tuple[float, int]]:
-    """``streamed_top_k_cut`` of each (``values[i]``, ``ks[i]``) — ``materialize(i)``, ``bands[i]`` —
-    in one walk over the slices: a slice's brackets are counted one after another while its inputs
-    are in cache (TIES' models share the base, breadcrumbs' two cuts share a model). Cuts given the
-    same ``values`` callable share one sample."""
+    """For each i, the (threshold, cutoff) keeping exactly the ``ks[i]`` largest of n values: |x| >
+    threshold, plus entries equal to the threshold up to flat index ``cutoff`` (ties broken toward lower
+    index).
+
+    ``values[i](start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
+    ``values[i](0, n, stride)``, the count walks slices ``values[i](a, b, 1)``); ``step`` is the slice
+    length to walk with, ``map`` how the slices are counted (``TensorInputs.map``: on idle cores);
+    ``bands[i](start, stop, lo, hi)``, where given, is ``count_and_band`` of ``values[i](start, stop,
+    1)`` computed without them (``fused.band``); ``materialize(i)`` returns all n values as one tensor,
+    used only when the sampled bracket misses.
+
+    All cuts are counted in one walk over the slices: a slice's brackets one after another while its
+    inputs are in cache (TIES' models share the base, breadcrumbs' two cuts share a model). Cuts given
+    the same ``values`` callable share one sample."""
     cuts: list[tuple[float, int] | None] = [None] * len(ks)
     brackets = []  # (cut, lo, hi)
     samples: dict[Values, np.ndarray] = {}
@@ -182,13 +169,13 @@ def streamed_top_k_cuts(
     if brackets:
         slices = spans(n, step)
 
-        def count(span: tuple[int, int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+        def count_slice(span: tuple[int, int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
             start, stop = span
             if bands is None:
                 return [count_and_band(values[i](start, stop, 1), lo, hi) for i, lo, hi in brackets]
             return [bands[i](start, stop, lo, hi) for i, lo, hi in brackets]
 
-        counted = map(count, slices)
+        counted = map(count_slice, slices)
         for position, (i, _, _) in enumerate(brackets):
             found = [per_slice[position] for per_slice in counted]
             above = sum(count for count, _, _ in found)
