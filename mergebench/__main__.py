@@ -1,5 +1,5 @@
 """``python -m mergebench`` runs the CLI."""
 
-from mergebench.cli import main
+from mergebench.cli import run
 
-main()
+run()

@@ -7,8 +7,11 @@ its class's code (see ``errors``); Ctrl-C and SIGTERM exit 130 after the command
 
 from __future__ import annotations
 
+import atexit
+import os
 import signal
 import sys
+import threading
 from pathlib import Path
 
 import click
@@ -24,6 +27,7 @@ from mergebench.search_cli import search_command
 from mergebench.version import __version__
 
 INTERRUPTED_EXIT_CODE = 130
+UNFLUSHED_EXIT_CODE = 120  # standard output could not be written at exit (CPython's code for it)
 
 
 class CommandGroup(Group):
@@ -296,5 +300,33 @@ def _inspect_adapter(spec: str, allow_pickle: bool, show_tensors: bool) -> None:
             click.echo(f"  {info.name}  {list(info.shape)}  {dtype_name(info.dtype)}")
 
 
+def run() -> None:
+    """The ``mergebench`` program: ``main``, then an exit that skips tearing the interpreter down.
+
+    When a command returns, its files are closed, synced and published; what a normal exit still does is
+    free torch's and numba's module state object by object — 0.2 s of a 3.6 s TIES merge on 2 cores,
+    against 0.05 s for ``os._exit``. Exit handlers (``atexit``: logging, Ray, multiprocessing) still run
+    and standard streams are flushed; a non-daemon thread still running, or an exit status that is a
+    message, gets Python's normal exit.
+    """
+    try:
+        main()
+        status: object = 0
+    except SystemExit as exc:
+        status = exc.code
+    if status is None:
+        status = 0
+    running = [t for t in threading.enumerate() if t is not threading.main_thread() and not t.daemon]
+    if running or not isinstance(status, int):
+        sys.exit(status)
+    atexit._run_exitfuncs()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError):  # output lost (a closed pipe): a failure, as in a normal exit
+            status = status or UNFLUSHED_EXIT_CODE
+    os._exit(status)
+
+
 if __name__ == "__main__":  # pragma: no cover
-    main()
+    run()

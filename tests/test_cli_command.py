@@ -44,3 +44,31 @@ def test_help_and_usage_errors_import_no_torch(args: tuple[str, ...]) -> None:
     """Parsed (and refused, or answered) before the command's import would run."""
     state = cli_state(*args)
     assert not state["torch"] and state["frozen"] == 0 and state["enabled"]
+
+
+EXIT_PROBE = """
+import atexit, sys
+from mergebench.cli import run
+atexit.register(lambda: print("exit handler ran"))  # buffered: only a flush after it gets it out
+sys.argv = ["mergebench", *sys.argv[1:]]
+run()
+print("run() returned")
+"""
+
+
+def test_the_program_exits_with_its_status_after_the_exit_handlers_and_their_output(tmp_path) -> None:
+    """``mergebench`` ends in ``os._exit`` (``cli.run``): the status must still be the command's, exit
+    handlers must still run, and what they print must still be flushed."""
+    from mergebench.errors import ConfigError
+
+    missing = tmp_path / "missing.yaml"
+    cases = [(("methods",), 0, ""), (("validate", str(missing)), ConfigError.exit_code, f"error: {missing}:")]
+    for args, status, error in cases:
+        done = subprocess.run(
+            [sys.executable, "-c", EXIT_PROBE, *args], capture_output=True, text=True, timeout=120
+        )
+        assert done.returncode == status, done.stderr
+        assert done.stdout.endswith("exit handler ran\n"), done.stdout[-200:]
+        assert "run() returned" not in done.stdout
+        assert done.stderr.startswith(error) and done.stderr.count("\n") == bool(error), done.stderr
+    assert done.stdout == "exit handler ran\n"
