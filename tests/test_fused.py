@@ -370,6 +370,32 @@ def test_model_stock_kernels_are_the_torch_path_bit_for_bit():
     assert torch.equal(fast_stats, slow_stats) and torch.equal(bits(fast), bits(slow))
 
 
+@pytest.mark.parametrize("count, with_base", [(2, True), (3, True), (2, False), (3, False)])
+def test_gram_kernel_sums_the_float64_products(count, with_base):
+    """``fused.gram`` (float64 sums in vector lanes, another order than BLAS'): equal to numpy's
+    float64 products to rounding on full float32 mantissas, a stored bf16 model among float32 ones,
+    and lengths around the vector width; bit for bit where every partial sum is exact (small
+    integers), so a wrong term, pair or base cannot hide in the tolerance."""
+    generator = torch.Generator().manual_seed(53 + count)
+    for n in (0, 1, 7, 8, 9, 4099):
+        values = [torch.randn(n, generator=generator) for _ in range(count + 1)]
+        values[1] = values[1].bfloat16()  # read as stored: its bits, widened in the kernel
+        integers = [torch.randint(-40, 40, (n,), generator=generator).float() for _ in range(count + 1)]
+        for case, exact in ((values, False), (integers, True)):
+            points, base = case[:count], case[count] if with_base else None
+            views = kernel_views([*points, *([base] if with_base else [])], widen=True)
+            got = fused.gram(views[:count], views[count] if with_base else None).numpy()
+            x = np.stack([p.float().numpy() - (base.numpy() if with_base else 0) for p in points]).astype(
+                np.float64
+            )
+            expected = x @ x.T
+            if exact:
+                assert np.array_equal(got, expected), (n, got, expected)
+            else:
+                assert np.allclose(got, expected, rtol=1e-13, atol=0), (n, got - expected)
+            assert np.array_equal(got, got.T)
+
+
 # Parameters that make each method that ``widens`` do all of its work (the rest: their defaults).
 WIDENED_CASES = {
     "ties": {"weight": 0.6, "density": 0.3},

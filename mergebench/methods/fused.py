@@ -10,7 +10,9 @@ step to its last.
 Contract: a kernel gives the same bits as the torch expressions it stands for (the reference, and
 the path on a GPU and for float64 compute): the same float32 operations in the same order, no
 reassociation, a fused multiply-add (``fma``) exactly where torch's ``add(x, alpha=w)`` does one, the
-same treatment of ±0, NaN and ±inf (``tests/test_fused.py`` compares bit patterns). Inputs are float32
+same treatment of ±0, NaN and ±inf (``tests/test_fused.py`` compares bit patterns). One exception:
+``gram`` stands for a BLAS product (``x @ x.T``), whose summation order is unspecified too; its
+float64 sums run in vector lanes (``sum_kernel``). Inputs are float32
 or stored bfloat16 (read as its float32 value: ``widen``); outputs float32. Callers use a kernel only
 where ``selection.kernel_views`` gives arrays.
 
@@ -34,14 +36,23 @@ M32 = np.uint64((1 << 32) - 1)
 OPTIONS = dict(nogil=True, boundscheck=False, error_model="numpy")  # x/0: ±inf or NaN, as torch
 
 
-def kernel(function):
+def kernel(function, options: dict = OPTIONS):
     """A compiled kernel, its machine code cached on disk (beside this file, else in the user's cache
     directory, or where NUMBA_CACHE_DIR says) so only the first run compiles it (~0.2 s a kernel);
     where no directory is writable (a read-only install, no home), compiled in each process instead."""
     try:
-        return njit(cache=True, **OPTIONS)(function)
+        return njit(cache=True, **options)(function)
     except RuntimeError:  # numba: "cannot cache function …: no locator available"
-        return njit(**OPTIONS)(function)
+        return njit(**options)(function)
+
+
+SUMS = dict(OPTIONS, fastmath={"reassoc"})  # float sums may be reassociated: summed in vector lanes
+
+
+def sum_kernel(function):
+    """A kernel whose float sums run in vector lanes (LLVM vectorises a reduction only where it may
+    reorder it): for what stands for a BLAS product, not for torch's elementwise operations."""
+    return kernel(function, SUMS)
 
 
 @intrinsic
@@ -632,6 +643,51 @@ def overlap_counts(models: tuple[np.ndarray, ...], base: np.ndarray, epsilon: fl
     counts = np.zeros(2 * len(models), dtype=np.int64)
     _overlap_counts(models, base, np.float32(epsilon), counts)
     return [int(c) for c in counts]
+
+
+@njit(inline="always", **SUMS)
+def _point(values, base, j):
+    if base is None:  # a type of its own: each case compiles without the other's branch
+        return np.float64(widen(values[j]))
+    return np.float64(widen(values[j]) - widen(base[j]))
+
+
+@sum_kernel
+def _gram(points, base, out):
+    # one pass for 2 or 3 points (``gram``'s only cases: indices are constants, so the points' array
+    # types may differ), every product's sum in its own register lanes
+    if len(points) == 2:
+        p0, p1 = points
+        s00 = s01 = s11 = 0.0
+        for j in range(p0.shape[0]):
+            a, b = _point(p0, base, j), _point(p1, base, j)
+            s00 += a * a
+            s01 += a * b
+            s11 += b * b
+        out[0, 0], out[0, 1], out[1, 1] = s00, s01, s11
+    else:
+        p0, p1, p2 = points
+        s00 = s01 = s02 = s11 = s12 = s22 = 0.0
+        for j in range(p0.shape[0]):
+            a, b, c = _point(p0, base, j), _point(p1, base, j), _point(p2, base, j)
+            s00 += a * a
+            s01 += a * b
+            s02 += a * c
+            s11 += b * b
+            s12 += b * c
+            s22 += c * c
+        out[0, 0], out[0, 1], out[0, 2], out[1, 1], out[1, 2], out[2, 2] = s00, s01, s02, s11, s12, s22
+
+
+def gram(points: tuple[np.ndarray, ...], base: np.ndarray | None) -> torch.Tensor:
+    """G_ik = Σ_j x_i[j]·x_k[j] in float64 for 2 or 3 points, x_i the float64 of
+    point i — of θ_i − θ_base in float32 with ``base``, as ``geometry.read_stacked`` forms it: one pass
+    over the stored slices instead of widening them into a buffer and a BLAS product of it (3.0 vs 20
+    ms for three 11.5M-entry bf16 tensors on one core). Sums in another order than BLAS': the last
+    bits of G may differ."""
+    out = np.zeros((len(points), len(points)))
+    _gram(points, base, out)
+    return torch.from_numpy(out + np.triu(out, 1).T)
 
 
 @kernel

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from mergebench.mapper import Mapper, in_order, spans
+from mergebench.mapper import spans
 from mergebench.methods.registry import STATS_CHUNK, TensorInputs
 from mergebench.methods.selection import kernel_views
 
@@ -61,15 +61,19 @@ class Vectors:
 
 
 def gram(
-    numel: int, vectors: Vectors, read: Callable[[int, int], torch.Tensor], map: Mapper = in_order
+    inputs: TensorInputs, vectors: Vectors, *, minus_base: bool, base_as_point: bool = False
 ) -> torch.Tensor:
-    """G[v, i, k] = Σ x_i[e]·x_k[e] over the entries e of vector v, accumulated in float64.
+    """G[v, i, k] = Σ x_i[e]·x_k[e] over the entries e of vector v, accumulated in float64, x_i the
+    points ``read_stacked`` forms from ``inputs`` (task vectors with ``minus_base``; the base as one
+    more point with ``base_as_point``).
 
-    ``read(start, stop)`` returns the (N, stop − start) float64 slice of the N inputs. Slices hold
-    whole vectors (rows) or whole periods of interleaved ones (columns), at most ~STATS_CHUNK entries;
-    ``map`` computes their products (``TensorInputs.map``: on idle cores), summed in slice order.
+    Slices hold whole vectors (rows) or whole periods of interleaved ones (columns), at most
+    ~STATS_CHUNK entries; ``inputs.map`` computes their products (on idle cores), summed in slice
+    order. One vector of 2 or 3 points on the CPU goes through ``fused.gram`` (one pass over the
+    stored slices), the rest through a float64 buffer of each slice and its products.
     """
-    count, stride = vectors.count, vectors.stride
+    read = read_stacked(inputs, minus_base=minus_base, base_as_point=base_as_point)
+    numel, count, stride = inputs.numel, vectors.count, vectors.stride
     if numel == 0:
         n = read(0, 0).shape[0]
         return torch.zeros(count, n, n, dtype=torch.float64)
@@ -82,19 +86,40 @@ def gram(
         layout, step = (count, False), max(1, STATS_CHUNK // count) * count
 
     def products(span: tuple[int, int]) -> torch.Tensor:
+        if layout is None and (whole := _fused_gram(inputs, span, minus_base, base_as_point)) is not None:
+            return whole
         x = read(*span)
         if layout is None:
             return x @ x.T
         length, rows = layout
         return _pairwise(x.reshape(x.shape[0], -1, length), rows=rows)
 
-    parts = map(products, spans(numel, step))
+    parts = inputs.map(products, spans(numel, step))
     if layout is not None and layout[1]:
         return torch.cat(parts)
     total = parts[0]
     for part in parts[1:]:
         total = total + part
     return total if count > 1 else total.unsqueeze(0)
+
+
+def _fused_gram(
+    inputs: TensorInputs, span: tuple[int, int], minus_base: bool, base_as_point: bool
+) -> torch.Tensor | None:
+    """The Gram matrix of one slice of 2 or 3 points from ``fused.gram``; None where it does not apply
+    (another device, dtype or count)."""
+    count = inputs.count + (1 if base_as_point else 0)
+    if inputs.device.type != "cpu" or count not in (2, 3) or (minus_base and base_as_point):
+        return None
+    stored = [inputs.stored(index, *span) for index in range(inputs.count)]
+    if base_as_point or minus_base:
+        stored.append(inputs.stored(None, *span))
+    views = kernel_views(stored, inputs.widen)
+    if views is None:
+        return None
+    from mergebench.methods import fused
+
+    return fused.gram(views[:-1], views[-1]) if minus_base else fused.gram(views, None)
 
 
 def _pairwise(x: torch.Tensor, *, rows: bool) -> torch.Tensor:

@@ -8,7 +8,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.geometry import Vectors, gram, read_stacked
+from mergebench.methods.geometry import Vectors, gram
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import kernel_views, widened
 
@@ -65,11 +65,9 @@ def karcher_stats(inputs: TensorInputs, *, max_iter: float, tol: float) -> list[
     """The coefficients of θ = Σ w_i·θ_i over [models…, base] (None for a single input)."""
     if inputs.count + inputs.has_base == 1:
         return None
-    read = read_stacked(inputs, minus_base=False, base_as_point=inputs.has_base)
     # the Gram matrix comes from the inputs' device; the iteration on it is a few scalars: CPU float64
-    return karcher_coefficients(
-        gram(inputs.numel, Vectors.whole(), read, inputs.map)[0].cpu(), int(max_iter), tol
-    )
+    g = gram(inputs, Vectors.whole(), minus_base=False, base_as_point=inputs.has_base)
+    return karcher_coefficients(g[0].cpu(), int(max_iter), tol)
 
 
 @merge_method(

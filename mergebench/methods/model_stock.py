@@ -8,7 +8,7 @@ from collections.abc import Sequence
 import torch
 
 from mergebench.errors import ConfigError
-from mergebench.methods.geometry import Vectors, gram, read_stacked
+from mergebench.methods.geometry import Vectors, gram
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import kernel_views, widened
 
@@ -44,7 +44,7 @@ def model_stock_stats(inputs: TensorInputs, *, filter_wise: bool) -> torch.Tenso
             f"merge_method 'model_stock' needs at least 2 models besides base_model, got {inputs.count}"
         )
     vectors = stock_vectors(inputs.shape, filter_wise)
-    return stock_ratio(gram(inputs.numel, vectors, read_stacked(inputs, minus_base=True), inputs.map))
+    return stock_ratio(gram(inputs, vectors, minus_base=True))
 
 
 @merge_method(

@@ -42,8 +42,7 @@ def multislerp_stats(
     if inputs.count == 1:
         return None
     w = multislerp_weights(weight, normalize_weights)
-    read = read_stacked(inputs, minus_base=inputs.has_base)
-    g = gram(inputs.numel, Vectors.whole(), read, inputs.map)[0].cpu()
+    g = gram(inputs, Vectors.whole(), minus_base=inputs.has_base)[0].cpu()
     norms = g.diagonal().sqrt().tolist()
     # u_i = τ_i / (‖τ_i‖ + eps); a zero τ_i has u_i = 0 even with eps = 0 (mergekit: NaN)
     floors = [n + eps for n in norms]
@@ -57,7 +56,7 @@ def multislerp_stats(
             # products rounded, then added: exactly opposite terms give exactly 0. A matrix-vector
             # product may fuse them (an FMA leaves s·x's rounding error: with eps 0, ‖m‖ > 0 and the
             # result a unit step along noise — seen with torch 2.11 on an AVX-512 Xeon)
-            x = read(start, stop)
+            x = read_stacked(inputs, minus_base=inputs.has_base)(start, stop)
             return float((scales.to(x.device)[:, None] * x).sum(dim=0).square().sum())
 
         square = sum(inputs.slices(squared_norm))  # the slices' sums added in slice order

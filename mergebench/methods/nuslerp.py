@@ -7,7 +7,7 @@ from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.geometry import Vectors, gram, read_stacked
+from mergebench.methods.geometry import Vectors, gram
 from mergebench.methods.registry import WEIGHT, Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import kernel_views, widened
 
@@ -55,7 +55,7 @@ def nuslerp_stats(
 ) -> torch.Tensor:
     """(a, b) per vector, from the float64 Gram matrices of the two models (or task vectors)."""
     vectors = nuslerp_vectors(inputs.shape, nuslerp_row_wise, nuslerp_flatten)
-    g = gram(inputs.numel, vectors, read_stacked(inputs, minus_base=inputs.has_base), inputs.map)
+    g = gram(inputs, vectors, minus_base=inputs.has_base)
     return slerp_coefficients(g, nuslerp_factor(weight), inputs.model(0, 0, 0).dtype)
 
 
