@@ -534,17 +534,19 @@ def variance2(model0: np.ndarray, model1: np.ndarray, base: np.ndarray, out: np.
     return int(_variance2(model0, model1, base, out))
 
 
-@kernel
-def _masked_wide(model, base, selected, out):
-    for j in range(out.shape[0]):
-        out[j] = np.float64((widen(model[j]) - widen(base[j])) * (ONE if selected[j] else ZERO))
+@sum_kernel
+def _masked_square_sum(model, base, selected):
+    total = 0.0
+    for j in range(model.shape[0]):
+        kept = np.float64((widen(model[j]) - widen(base[j])) * (ONE if selected[j] else ZERO))
+        total += kept * kept
+    return total
 
 
-def masked_wide(model: np.ndarray, base: np.ndarray, selected: np.ndarray) -> np.ndarray:
-    """(θ − θ_base)·selected, widened to float64 (``sce_stats``' energies before their dot product)."""
-    out = np.empty(model.shape, dtype=np.float64)
-    _masked_wide(model, base, selected, out)
-    return out
+def masked_square_sum(model: np.ndarray, base: np.ndarray, selected: np.ndarray) -> float:
+    """Σ ((θ − θ_base)·selected)² in float64 (``sce_stats``' energies; it stood for a dot product of
+    the widened vector with itself: summed in vector lanes), one pass and no float64 copy."""
+    return float(_masked_square_sum(model, base, selected))
 
 
 @kernel

@@ -111,12 +111,11 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
         if selected is not None:
             models = [inputs.stored(i, start, stop) for i in range(inputs.count)]
             views = kernel_views([*models, inputs.stored(None, start, stop)], inputs.widen)
-            if views is not None:  # τ·selected widened in one pass (``fused``), the same dot products
+            if views is not None:  # Σ (τ·selected)² in one pass each (``fused``)
                 from mergebench.methods import fused
 
                 mask = selected[start:stop].numpy()
-                wides = [torch.from_numpy(fused.masked_wide(view, views[-1], mask)) for view in views[:-1]]
-                return [float(wide @ wide) for wide in wides]
+                return [fused.masked_square_sum(view, views[-1], mask) for view in views[:-1]]
         deltas = _deltas(inputs, start, stop)
         if selected is not None:
             deltas = [delta * selected[start:stop] for delta in deltas]

@@ -3,12 +3,10 @@
 from __future__ import annotations
 
 import math
-import threading
 from collections.abc import Sequence
 
 import torch
 
-from mergebench.methods.geometry import reused
 from mergebench.methods.registry import Param, Piece, TensorInputs, merge_method
 from mergebench.methods.selection import kernel_views, widened
 
@@ -31,22 +29,16 @@ def slerp_scales(dot: float, norm0: float, norm1: float, t: float) -> tuple[floa
 
 def slerp_stats(inputs: TensorInputs, *, t: float) -> tuple[float, float]:
     """The angle between the whole tensors, accumulated in float64 over slices: the scales (a, b)."""
-    scratch = threading.local()
 
     def products(start: int, stop: int) -> tuple[float, float, float]:
         views = kernel_views([inputs.stored(None, start, stop), inputs.stored(0, start, stop)], inputs.widen)
-        if views is not None:  # widened to float64 in one pass each, into this thread's buffer
+        if views is not None:  # the three sums in one pass over the stored slices (``fused``)
             from mergebench.methods import fused
 
-            # each row starts on a 128-byte boundary, as a fresh tensor does: the dot product's own
-            # summation may depend on its operands' alignment
-            n, stride = stop - start, -(-(stop - start) // 16) * 16
-            a, b = reused(scratch, 2 * stride)[: 2 * stride].view(2, stride)[:, :n]
-            for row, view in zip((a, b), views, strict=True):
-                fused.widened_difference(view, None, row.numpy())
-        else:
-            a = inputs.base(start, stop).double()
-            b = inputs.model(0, start, stop).double()
+            g = fused.gram(views, None)
+            return float(g[0, 1]), float(g[0, 0]), float(g[1, 1])
+        a = inputs.base(start, stop).double()
+        b = inputs.model(0, start, stop).double()
         return float(a @ b), float(a @ a), float(b @ b)
 
     dot, sq0, sq1 = inputs.sums(products, 3, DOT_CHUNK)
