@@ -6,6 +6,7 @@ difference."""
 from __future__ import annotations
 
 import functools
+import math
 
 import numpy as np
 import pytest
@@ -521,6 +522,28 @@ def test_masked_update_kernel_is_arcee_fusions_torch_bits():
     fast = function([model.clone()], base.clone(), piece=piece)
     slow = function([strided(model)], strided(base), piece=piece)
     assert torch.equal(bits(fast), bits(slow))
+
+
+@pytest.mark.parametrize("shape", [(37, 211), (4099,)])
+def test_arcee_scores_through_kernels_are_importance_bit_for_bit(shape):
+    """Arcee Fusion's stats on stored slices (torch's softmax, log and row sums; the elementwise steps
+    in ``fused``) score every entry with ``importance``'s bits — on strided inputs, where no kernel
+    applies — so the same entries sit at the threshold: same scores, same mask."""
+    n = math.prod(shape)
+    (model,), base = inputs(1, n, seed=47)
+    model, base = model.nan_to_num(0.0, 30.0, -30.0), base.nan_to_num(0.0)  # the stats refuse non-finite
+    results = []
+    for prepare in (torch.clone, strided):
+        workspace = torch.full((n,), float("nan"))
+        tensor_inputs = TensorInputs(
+            [prepare(model).view(shape)], prepare(base).view(shape), workspace=lambda kept=workspace: kept
+        )
+        keep = arcee_module.fusion_stats(tensor_inputs)
+        results.append((workspace.clone(), keep))
+    (fast_scores, fast_keep), (slow_scores, slow_keep) = results
+    expected = arcee_module.importance(model.view(-1, shape[-1]), base.view(-1, shape[-1])).reshape(-1)
+    assert torch.equal(bits(slow_scores), bits(expected))
+    assert torch.equal(bits(fast_scores), bits(slow_scores)) and torch.equal(fast_keep, slow_keep)
 
 
 def test_slerp_kernels_are_the_torch_path_bit_for_bit():

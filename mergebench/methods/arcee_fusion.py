@@ -61,9 +61,24 @@ def fusion_stats(inputs: TensorInputs) -> torch.Tensor | None:
     scores = inputs.workspace()[:n]
 
     def score(start: int, stop: int) -> None:
-        scores[start:stop] = flat_importance(
-            inputs.model(0, start, stop), inputs.base(start, stop), inputs.shape
+        views = kernel_views(
+            [inputs.stored(0, start, stop), inputs.stored(None, start, stop), scores[start:stop]],
+            inputs.widen,
         )
+        if views is None:
+            scores[start:stop] = flat_importance(
+                inputs.model(0, start, stop), inputs.base(start, stop), inputs.shape
+            )
+            return
+        from mergebench.methods import fused
+
+        last = row_length(inputs.shape)
+        p = torch.softmax(inputs.model(0, start, stop).view(-1, last), dim=-1)
+        ratio = torch.softmax(inputs.base(start, stop).view(-1, last), dim=-1)
+        fused.softmax_ratio(p.numpy().reshape(-1), ratio.numpy().reshape(-1), SOFTMAX_EPS)
+        terms = ratio.log_().mul_(p)  # p·log(p/q): the same float32 products as importance's
+        divergence = torch.sum(terms, dim=-1)
+        fused.scaled_magnitudes(views[0], views[1], divergence.numpy(), views[2])
 
     inputs.slices(score, whole_rows_length(row_length(inputs.shape), BLOCK))
     last = n - 1

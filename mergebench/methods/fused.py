@@ -780,6 +780,35 @@ def stock(models: tuple[np.ndarray, ...], base: np.ndarray, t: float) -> torch.T
 
 
 @kernel
+def _softmax_ratio(p, q, eps):
+    for j in range(p.shape[0]):
+        shifted = p[j] + eps
+        p[j] = shifted
+        q[j] = shifted / (q[j] + eps)
+
+
+def softmax_ratio(p: np.ndarray, q: np.ndarray, eps: float) -> None:
+    """In place, from two softmaxes: p ← p + eps, q ← (p + eps)/(q + eps) (``arcee_fusion.importance``'s
+    float32 operations before its log, one pass instead of three)."""
+    _softmax_ratio(p, q, np.float32(eps))
+
+
+@kernel
+def _scaled_magnitudes(model, base, scales, length, out):
+    for row in range(scales.shape[0]):
+        span = slice(row * length, (row + 1) * length)
+        model_row, base_row, out_row, scale = model[span], base[span], out[span], scales[row]
+        for j in range(length):
+            out_row[j] = abs(widen(model_row[j]) - widen(base_row[j])) * scale
+
+
+def scaled_magnitudes(model: np.ndarray, base: np.ndarray, scales: np.ndarray, out: np.ndarray) -> None:
+    """|θ − θ_base|·scales[row] for rows of ``out.size // scales.size`` entries, into ``out``
+    (``arcee_fusion.importance``'s last step, written where the score is kept). One pass."""
+    _scaled_magnitudes(model, base, scales, out.shape[0] // max(scales.shape[0], 1), out)
+
+
+@kernel
 def _masked_update(model, base, keep, out):
     for j in range(out.shape[0]):
         reference = widen(base[j])
