@@ -371,6 +371,21 @@ def test_model_stock_kernels_are_the_torch_path_bit_for_bit():
     assert torch.equal(fast_stats, slow_stats) and torch.equal(bits(fast), bits(slow))
 
 
+def test_cut_mask_kernel_is_trim_mask():
+    """``fused.cut_mask`` (SCE's selection from its variances) keeps what ``sparsify.trim_mask`` keeps:
+    ties at the threshold up to the cutoff only, wherever the cutoff falls against the slice, and
+    the cuts that keep all or nothing."""
+    values = torch.tensor([0.0, 2.0, 1.0, 2.0, 3.0, 2.0, float("inf"), 2.0, 0.5]).repeat(3)
+    first = 100
+    cuts = [(2.0, cutoff) for cutoff in (50, 99, 101, 103, 110, 126, 127, 200)]
+    cuts += [(float(values.max()), 106), KEEP_NONE, sparsify.KEEP_ALL, (0.0, 0)]
+    for threshold, cutoff in cuts:
+        out = np.empty(values.numel(), dtype=bool)
+        fused.cut_mask(values.numpy(), threshold, cutoff, first, out)
+        expected = sparsify.trim_mask(values, threshold, cutoff, first)
+        assert torch.equal(torch.from_numpy(out), expected), (threshold, cutoff)
+
+
 @pytest.mark.parametrize("count, with_base", [(2, True), (3, True), (2, False), (3, False)])
 def test_gram_kernel_sums_the_float64_products(count, with_base):
     """``fused.gram`` (float64 sums in vector lanes, another order than BLAS'): equal to numpy's

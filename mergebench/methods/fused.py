@@ -534,6 +534,19 @@ def variance2(model0: np.ndarray, model1: np.ndarray, base: np.ndarray, out: np.
     return int(_variance2(model0, model1, base, out))
 
 
+@kernel
+def _cut_mask(values, threshold, cutoff, first, out):
+    for j in range(values.shape[0]):
+        value = values[j]
+        out[j] = (value > threshold) | ((value == threshold) & (first + j <= cutoff))
+
+
+def cut_mask(values: np.ndarray, threshold: float, cutoff: int, first: int, out: np.ndarray) -> None:
+    """``sparsify.trim_mask`` of non-negative float32 values at flat index ``first`` into the bool
+    ``out``: value > threshold, or equal to it up to flat index ``cutoff``. One pass, no temporary."""
+    _cut_mask(values, np.float32(threshold), np.int64(cutoff), np.int64(first), out)
+
+
 @sum_kernel
 def _masked_square_sum(model, base, selected):
     total = 0.0

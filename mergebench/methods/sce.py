@@ -103,6 +103,11 @@ def sce_stats(inputs: TensorInputs, *, select_topk: float, **_) -> SceStats:
         selected = torch.empty(n, dtype=torch.bool, device=var.device)
 
         def mark(start: int, stop: int) -> None:
+            if (views := kernel_views([var[start:stop]])) is not None:  # variances: never negative
+                from mergebench.methods import fused
+
+                fused.cut_mask(views[0], *select, start, selected[start:stop].numpy())
+                return
             selected[start:stop] = trim_mask(var[start:stop], *select, start)
 
         inputs.slices(mark)
