@@ -27,7 +27,7 @@ from mergebench.methods import sce as sce_module
 from mergebench.methods import slerp as slerp_module
 from mergebench.methods.basic import plus_base, weighted_sum
 from mergebench.methods.registry import Piece, TensorInputs
-from mergebench.methods.selection import KEEP_NONE, count_and_band, kernel_views
+from mergebench.methods.selection import KEEP_NONE, count_and_band, count_and_bands, kernel_views
 from mergebench.methods.sparsify import disjoint_merge, disjoint_merge_torch, elect_and_merge
 from mergebench.planner import Merge
 
@@ -89,17 +89,31 @@ def test_trim_kernel_is_torch_bit_for_bit(offset):
 
 @pytest.mark.parametrize("n", [0, 1, 4099])
 def test_magnitude_band_kernel_counts_like_count_and_band(n):
+    """``fused.band`` of |model − base| (one range, two ranges in one pass, three: a pair and one)
+    counts and collects what torch's comparisons do, positions counted from ``first``; so does
+    ``count_and_bands`` of the materialised magnitudes through numpy (strided) and the kernel."""
     (model,), base = inputs(1, n, seed=9)
     magnitude = (model - base).abs()
     finite = magnitude[torch.isfinite(magnitude)]
     lo, hi = (float(finite.quantile(0.4)), float(finite.quantile(0.6))) if finite.numel() else (0.0, 1.0)
-    for low, high in ((lo, hi), (hi, hi), (0.0, 0.0), (0.0, float("inf"))):
-        above, values, positions = fused.band(model.numpy(), low, high, base.numpy())
-        band = ((magnitude >= low) & (magnitude <= high)).nonzero().reshape(-1)
-        assert above == int((magnitude > high).sum())
-        assert torch.equal(positions, band) and torch.equal(bits(values), bits(magnitude[band]))
-        counted = count_and_band(magnitude, low, high)  # the numpy path it replaces
-        assert counted[0] == above and torch.equal(counted[2], positions)
+    ranges = [(lo, hi), (hi, hi), (0.0, 0.0), (0.0, float("inf"))]
+    for chosen in ([r] for r in ranges), (ranges[:2], ranges[2:]), (ranges[1:],):
+        for group in chosen:
+            first = 1000
+            found = fused.band(model.numpy(), group, base.numpy(), first)
+            numpy_path = count_and_bands(strided(magnitude), group, first)
+            kernel_path = count_and_bands(magnitude, group, first)
+            assert len(found) == len(numpy_path) == len(kernel_path) == len(group)
+            for (low, high), result, *others in zip(group, found, numpy_path, kernel_path, strict=True):
+                above, values, positions = result
+                band = ((magnitude >= low) & (magnitude <= high)).nonzero().reshape(-1)
+                assert above == int((magnitude > high).sum())
+                assert torch.equal(positions, band + first)
+                assert torch.equal(bits(values), bits(magnitude[band]))
+                for other in others:
+                    assert other[0] == above and torch.equal(other[2], positions)
+                    assert torch.equal(bits(other[1]), bits(values))
+    assert count_and_band(magnitude, lo, hi)[0] == int((magnitude > hi).sum())
 
 
 def strided(tensor: torch.Tensor) -> torch.Tensor:

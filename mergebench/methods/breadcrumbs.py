@@ -61,6 +61,7 @@ def breadcrumbs_stats(
     n = inputs.numel
     magnitude: torch.Tensor | None = None
     bands: list[Band | None] = []
+    streamed: list[tuple[int, int]] = []  # (model, k) of every cut taken from the stored inputs
     for index, (d, g) in enumerate(zip(density, gamma, strict=True)):
         if d >= 1.0:
             bands.append(None)  # mergekit returns τ untouched (gamma and rescale included)
@@ -68,13 +69,17 @@ def breadcrumbs_stats(
         keep = fraction_count(n, d)
         top = min(fraction_count(n, g), n - keep)
         if not rescale:
-            bands.append(Band(*task_vector_cuts(inputs, [(index, top), (index, top + keep)]), 1.0))
+            streamed += [(index, top), (index, top + keep)]
+            bands.append(None)  # filled in below, with every model's cuts from one walk
             continue
         magnitude = _magnitudes(inputs, index, inputs.workspace() if magnitude is None else magnitude)
         band = Band(*top_k_cuts(magnitude, [top, top + keep], inputs.map), 1.0)
         before = float(magnitude.sum(dtype=torch.float64))
         after = _kept_l1(inputs, magnitude, band)
         bands.append(band._replace(scale=l1_rescale(before, after)))
+    cuts = task_vector_cuts(inputs, streamed) if streamed else []
+    for (index, _), upper, lower in zip(streamed[::2], cuts[::2], cuts[1::2], strict=True):
+        bands[index] = Band(upper, lower, 1.0)
     return bands
 
 

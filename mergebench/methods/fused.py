@@ -378,7 +378,7 @@ def _band_value(model, base, j):
 
 
 @kernel
-def _band(model, base, lo, hi, positions):
+def _band(model, base, lo, hi, first, positions):
     # Word by word (64 entries): the compares vectorise into a bitmask and only its set bits are
     # visited — a band of ~2% leaves most words empty (flatnonzero of a bool mask took 3× as long).
     n = model.shape[0]
@@ -391,42 +391,81 @@ def _band(model, base, lo, hi, positions):
             value = _band_value(model, base, start + k)
             bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(k)
             above += value > hi  # NaN counts in neither
-        found = _collect(bits, start, positions, found)
+        found = _collect(bits, first + start, positions, found)
     bits = np.uint64(0)
     for j in range(full, n):
         value = _band_value(model, base, j)
         bits |= np.uint64((value >= lo) & (value <= hi)) << np.uint64(j - full)
         above += value > hi
-    return above, _collect(bits, full, positions, found)
+    return above, _collect(bits, first + full, positions, found)
+
+
+@kernel
+def _band_pair(model, base, lo0, hi0, lo1, hi1, first, positions0, positions1):
+    # ``_band`` of two ranges of the same values: each value computed once (breadcrumbs' two cuts)
+    n = model.shape[0]
+    full = n - n % 64
+    above0 = above1 = found0 = found1 = 0
+    for start in range(0, full, 64):
+        bits0 = bits1 = np.uint64(0)
+        for k in range(64):
+            value = _band_value(model, base, start + k)
+            bits0 |= np.uint64((value >= lo0) & (value <= hi0)) << np.uint64(k)
+            bits1 |= np.uint64((value >= lo1) & (value <= hi1)) << np.uint64(k)
+            above0 += value > hi0
+            above1 += value > hi1
+        found0 = _collect(bits0, first + start, positions0, found0)
+        found1 = _collect(bits1, first + start, positions1, found1)
+    bits0 = bits1 = np.uint64(0)
+    for j in range(full, n):
+        value = _band_value(model, base, j)
+        bits0 |= np.uint64((value >= lo0) & (value <= hi0)) << np.uint64(j - full)
+        bits1 |= np.uint64((value >= lo1) & (value <= hi1)) << np.uint64(j - full)
+        above0 += value > hi0
+        above1 += value > hi1
+    found0 = _collect(bits0, first + full, positions0, found0)
+    return above0, found0, above1, _collect(bits1, first + full, positions1, found1)
 
 
 def band(
-    values: np.ndarray, lo: float, hi: float, base: np.ndarray | None = None
-) -> tuple[int, torch.Tensor, torch.Tensor]:
+    values: np.ndarray,
+    ranges: Sequence[tuple[float, float]],
+    base: np.ndarray | None = None,
+    first: int = 0,
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
     """``selection.count_and_band`` of ``values`` — with ``base``, of |values − base|, never
-    materialised: (#entries > hi, the entries in [lo, hi], their positions), in one pass."""
-    positions = np.empty(values.shape, dtype=np.int64)  # untouched beyond the band: not faulted in
-    lo32, hi32 = np.float32(lo), np.float32(hi)
-    above, found = _band(values, base, lo32, hi32, positions)
-    positions = positions[:found].copy()
-    if base is None:
-        found_values = values[positions]
-    else:
-        found_values = np.empty(found, dtype=np.float32)
-        _magnitudes_at(values, base, positions, found_values)
-    return int(above), torch.from_numpy(found_values), torch.from_numpy(positions)
+    materialised — for each (lo, hi) of ``ranges``: (#entries > hi, the entries in [lo, hi], their
+    flat positions counted from ``first``). Two ranges at a time share one pass."""
+    counts: list[tuple[int, np.ndarray]] = []
+    for pair in range(0, len(ranges), 2):
+        # positions: untouched beyond the band, so never faulted in
+        chosen = ranges[pair : pair + 2]
+        positions = [np.empty(values.shape, dtype=np.int64) for _ in chosen]
+        bounds = [np.float32(bound) for lo_hi in chosen for bound in lo_hi]
+        if len(chosen) == 2:
+            above0, found0, above1, found1 = _band_pair(values, base, *bounds, np.int64(first), *positions)
+            counts += [(above0, positions[0][:found0].copy()), (above1, positions[1][:found1].copy())]
+        else:
+            above, found = _band(values, base, *bounds, np.int64(first), positions[0])
+            counts.append((above, positions[0][:found].copy()))
+    results = []
+    for above, where in counts:
+        found_values = np.empty(where.size, dtype=np.float32)
+        _band_values(values, base, where, np.int64(first), found_values)
+        results.append((int(above), torch.from_numpy(found_values), torch.from_numpy(where)))
+    return results
+
+
+@kernel
+def _band_values(model, base, positions, first, out):
+    for i in range(positions.shape[0]):
+        out[i] = _band_value(model, base, positions[i] - first)
 
 
 @kernel
 def _magnitudes(model, base, out):
     for j in range(out.shape[0]):
         out[j] = abs(widen(model[j]) - widen(base[j]))
-
-
-@kernel
-def _magnitudes_at(model, base, positions, out):
-    for i in range(positions.shape[0]):
-        out[i] = abs(widen(model[positions[i]]) - widen(base[positions[i]]))
 
 
 def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:

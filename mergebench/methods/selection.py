@@ -29,8 +29,8 @@ SLICE = 1 << 18  # entries of a materialised tensor counted at a time: the masks
 Values = Callable[[int, int, int], torch.Tensor]
 # Top-k cuts (threshold, tie cutoff) that keep every entry (k ≥ n) and none (k ≤ 0); NaN is in neither.
 KEEP_ALL, KEEP_NONE = (float("-inf"), -1), (float("inf"), -1)
-# (start, stop, lo, hi) → ``count_and_band`` of the values at flat positions start … stop − 1
-Band = Callable[[int, int, float, float], tuple[int, torch.Tensor, torch.Tensor]]
+# (start, stop, ranges) → ``count_and_bands`` of the values at flat positions start … stop − 1
+Band = Callable[[int, int, Sequence[tuple[float, float]]], list[tuple[int, torch.Tensor, torch.Tensor]]]
 
 
 def numpy_view(tensor: torch.Tensor) -> np.ndarray | None:
@@ -111,21 +111,32 @@ def ones_where_zero(values: torch.Tensor) -> torch.Tensor:
 
 def count_and_band(chunk: torch.Tensor, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
     """(#entries > hi, the entries in [lo, hi], their positions in the chunk) of a 1-D chunk; lo ≤ hi."""
+    return count_and_bands(chunk, [(lo, hi)])[0]
+
+
+def count_and_bands(
+    chunk: torch.Tensor, ranges: Sequence[tuple[float, float]], first: int = 0
+) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
+    """``count_and_band`` of a 1-D chunk for each (lo, hi) of ``ranges``, positions counted from
+    ``first`` (the chunk's flat offset)."""
     views = kernel_views([chunk]) if chunk.dim() == 1 else None
     if views is not None:
         from mergebench.methods import fused
 
-        return fused.band(views[0], lo, hi)
+        return fused.band(views[0], ranges, None, first)
+    results = []
     array = numpy_view(chunk)
-    if array is not None:
-        # x > hi ⇔ x ≥ lo and not x ≤ hi (hi ≥ lo; NaN fails both): two compares serve both answers
-        at_least = array >= lo
-        band = at_least & (array <= hi)
-        where = np.flatnonzero(band)
-        above = np.count_nonzero(at_least) - where.size
-        return int(above), torch.from_numpy(array[where]), torch.from_numpy(where)
-    where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
-    return int(torch.count_nonzero(chunk > hi)), chunk[where], where
+    for lo, hi in ranges:
+        if array is not None:
+            # x > hi ⇔ x ≥ lo and not x ≤ hi (hi ≥ lo; NaN fails both): two compares serve both answers
+            at_least = array >= lo
+            where = np.flatnonzero(at_least & (array <= hi))
+            above = np.count_nonzero(at_least) - where.size
+            results.append((int(above), torch.from_numpy(array[where]), torch.from_numpy(where + first)))
+            continue
+        where = ((chunk >= lo) & (chunk <= hi)).nonzero().reshape(-1)
+        results.append((int(torch.count_nonzero(chunk > hi)), chunk[where], where + first))
+    return results
 
 
 def streamed_top_k_cuts(
@@ -144,13 +155,14 @@ def streamed_top_k_cuts(
     ``values[i](start, stop, step)`` gives those flat positions (recomputed on demand: the sample is
     ``values[i](0, n, stride)``, the count walks slices ``values[i](a, b, 1)``); ``step`` is the slice
     length to walk with, ``map`` how the slices are counted (``TensorInputs.map``: on idle cores);
-    ``bands[i](start, stop, lo, hi)``, where given, is ``count_and_band`` of ``values[i](start, stop,
-    1)`` computed without them (``fused.band``); ``materialize(i)`` returns all n values as one tensor,
+    ``bands[i](start, stop, ranges)``, where given, is ``count_and_bands`` of ``values[i](start,
+    stop, 1)`` computed without them (``fused.band``); ``materialize(i)`` returns all n values as one tensor,
     used only when the sampled bracket misses.
 
     All cuts are counted in one walk over the slices: a slice's brackets one after another while its
-    inputs are in cache (TIES' models share the base, breadcrumbs' two cuts share a model). Cuts given
-    the same ``values`` callable share one sample."""
+    inputs are in cache (TIES' models share the base). Cuts given the same ``values`` callable share
+    one sample and one count per slice (breadcrumbs' two cuts of a model: ``fused.band`` checks each
+    value against both ranges)."""
     cuts: list[tuple[float, int] | None] = [None] * len(ks)
     brackets = []  # (cut, lo, hi)
     samples: dict[Values, np.ndarray] = {}
@@ -167,22 +179,31 @@ def streamed_top_k_cuts(
                 (i, *_quantiles(samples[values[i]], [max(q - BRACKET, 0.0), min(q + BRACKET, 1.0)]))
             )
     if brackets:
-        slices = spans(n, step)
+        groups: dict[Values, list[int]] = {}  # brackets of one values callable: counted in one call
+        for position, (i, _, _) in enumerate(brackets):
+            groups.setdefault(values[i], []).append(position)
 
         def count_slice(span: tuple[int, int]) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
             start, stop = span
-            if bands is None:
-                return [count_and_band(values[i](start, stop, 1), lo, hi) for i, lo, hi in brackets]
-            return [bands[i](start, stop, lo, hi) for i, lo, hi in brackets]
+            counted: list = [None] * len(brackets)
+            for members in groups.values():
+                i = brackets[members[0]][0]
+                ranges = [brackets[member][1:] for member in members]
+                if bands is None:
+                    found = count_and_bands(values[i](start, stop, 1), ranges, start)
+                else:
+                    found = bands[i](start, stop, ranges)
+                for member, result in zip(members, found, strict=True):
+                    counted[member] = result
+            return counted
 
-        counted = map(count_slice, slices)
+        counted = map(count_slice, spans(n, step))
         for position, (i, _, _) in enumerate(brackets):
             found = [per_slice[position] for per_slice in counted]
             above = sum(count for count, _, _ in found)
             if above < ks[i]:
                 inside = [band for _, band, _ in found]
-                positions = [where + a for (_, _, where), (a, _) in zip(found, slices, strict=True)]
-                flat_positions = torch.cat(positions)
+                flat_positions = torch.cat([where for _, _, where in found])
                 if 0 < ks[i] - above <= flat_positions.numel():
                     cuts[i] = _cut(torch.cat(inside), ks[i] - above, flat_positions)
     for i, cut in enumerate(cuts):
@@ -217,15 +238,17 @@ def task_vector_cuts(inputs: TensorInputs, wanted: Sequence[tuple[int, int]]) ->
         return whole
 
     def band(index: int) -> Band:
-        def count(start: int, stop: int, lo: float, hi: float) -> tuple[int, torch.Tensor, torch.Tensor]:
+        def count(
+            start: int, stop: int, ranges: Sequence[tuple[float, float]]
+        ) -> list[tuple[int, torch.Tensor, torch.Tensor]]:
             views = kernel_views(
                 [inputs.stored(index, start, stop), inputs.stored(None, start, stop)], inputs.widen
             )
             if views is None:
-                return count_and_band(magnitudes[index](start, stop, 1), lo, hi)
+                return count_and_bands(magnitudes[index](start, stop, 1), ranges, start)
             from mergebench.methods import fused
 
-            return fused.band(views[0], lo, hi, views[1])
+            return fused.band(views[0], ranges, views[1], start)
 
         return count
 
