@@ -89,7 +89,7 @@ def test_trim_kernel_is_torch_bit_for_bit(offset):
 
 @pytest.mark.parametrize("n", [0, 1, 4099])
 def test_magnitude_band_kernel_counts_like_count_and_band(n):
-    """``fused.band`` of |model − base| (one range, two ranges in one pass, three: a pair and one)
+    """``fused.band`` of |model − base| (one range; two or three in one pass; four: three and one)
     counts and collects what torch's comparisons do, positions counted from ``first``; so does
     ``count_and_bands`` of the materialised magnitudes through numpy (strided) and the kernel."""
     (model,), base = inputs(1, n, seed=9)
@@ -97,7 +97,7 @@ def test_magnitude_band_kernel_counts_like_count_and_band(n):
     finite = magnitude[torch.isfinite(magnitude)]
     lo, hi = (float(finite.quantile(0.4)), float(finite.quantile(0.6))) if finite.numel() else (0.0, 1.0)
     ranges = [(lo, hi), (hi, hi), (0.0, 0.0), (0.0, float("inf"))]
-    for chosen in ([r] for r in ranges), (ranges[:2], ranges[2:]), (ranges[1:],):
+    for chosen in ([r] for r in ranges), (ranges[:2], ranges[2:]), (ranges[1:],), (ranges,):
         for group in chosen:
             first = 1000
             found = fused.band(model.numpy(), group, base.numpy(), first)
