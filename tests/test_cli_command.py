@@ -12,13 +12,15 @@ import pytest
 
 PROBE = """
 import gc, json, sys
+at_start = gc.get_freeze_count()  # Python 3.12 starts with a few hundred objects there
 from mergebench.cli import main
 sys.argv = ["mergebench", *sys.argv[1:]]
 try:
     main()
 except SystemExit:
     pass
-state = {"torch": "torch" in sys.modules, "frozen": gc.get_freeze_count(), "enabled": gc.isenabled()}
+frozen = gc.get_freeze_count() - at_start
+state = {"torch": "torch" in sys.modules, "frozen": frozen, "enabled": gc.isenabled()}
 print("STATE " + json.dumps(state))
 """
 
