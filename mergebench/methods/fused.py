@@ -10,11 +10,11 @@ step to its last.
 Contract: a kernel gives the same bits as the torch expressions it stands for (the reference, and
 the path on a GPU and for float64 compute): the same float32 operations in the same order, no
 reassociation, a fused multiply-add (``fma``) exactly where torch's ``add(x, alpha=w)`` does one, the
-same treatment of ±0, NaN and ±inf (``tests/test_fused.py`` compares bit patterns). One exception:
-``gram`` stands for a BLAS product (``x @ x.T``), whose summation order is unspecified too; its
-float64 sums run in vector lanes (``sum_kernel``). Inputs are float32
-or stored bfloat16 (read as its float32 value: ``widen``); outputs float32. Callers use a kernel only
-where ``selection.kernel_views`` gives arrays.
+same treatment of ±0, NaN and ±inf (``tests/test_fused.py`` compares bit patterns). The exception:
+``gram`` and ``masked_square_sum`` stand for BLAS products (``x @ x.T``, a dot product), whose
+summation order is unspecified too; their float64 sums run in vector lanes (``sum_kernel``). Inputs
+are float32 or stored bfloat16 (read as its float32 value: ``widen``); outputs float32. Callers use a
+kernel only where ``selection.kernel_views`` gives arrays.
 
 Imported lazily (``import numba`` costs ~0.15 s): only a run that merges on the CPU with these
 methods pays it.

@@ -156,13 +156,13 @@ def streamed_top_k_cuts(
     ``values[i](0, n, stride)``, the count walks slices ``values[i](a, b, 1)``); ``step`` is the slice
     length to walk with, ``map`` how the slices are counted (``TensorInputs.map``: on idle cores);
     ``bands[i](start, stop, ranges)``, where given, is ``count_and_bands`` of ``values[i](start,
-    stop, 1)`` computed without them (``fused.band``); ``materialize(i)`` returns all n values as one tensor,
-    used only when the sampled bracket misses.
+    stop, 1)`` computed without them (``fused.band``); ``materialize(i)`` returns all n values as one
+    tensor, used only when the sampled bracket misses.
 
     All cuts are counted in one walk over the slices: a slice's brackets one after another while its
     inputs are in cache (TIES' models share the base). Cuts given the same ``values`` callable share
-    one sample and one count per slice (breadcrumbs' two cuts of a model: ``fused.band`` checks each
-    value against both ranges)."""
+    one sample and one count per slice (breadcrumbs' two cuts of a model, Arcee Fusion's three
+    quartiles: ``fused.band`` checks each value against every range in one pass)."""
     cuts: list[tuple[float, int] | None] = [None] * len(ks)
     brackets = []  # (cut, lo, hi)
     samples: dict[Values, np.ndarray] = {}
