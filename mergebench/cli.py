@@ -3,6 +3,7 @@
 The top-level group is the one place where errors become messages and exit codes, for every
 subcommand: a ``MergebenchError`` prints one ``error: …`` line per line of its message and exits with
 its class's code (see ``errors``); Ctrl-C and SIGTERM exit 130 after the command's cleanup ran.
+``run``, the program's entry point, then ends the process with that code (see its docstring).
 """
 
 from __future__ import annotations
