@@ -270,6 +270,63 @@ def test_della_kernels_are_the_torch_path_bit_for_bit(elect_signs, rescale, scal
     assert torch.equal(bits(fast.reshape(-1)), bits(slow.reshape(-1)))
 
 
+def rows_for_ranking(m: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
+    """(model, base) of 12 rows of m bf16 entries, one case of ``fused.magnitude_ranks`` per row, and
+    the rows its counting pass must leave to the sort (the rest it must rank itself)."""
+    generator = torch.Generator().manual_seed(m)
+    base = torch.randn(12, m, generator=generator).bfloat16()
+    model = (base.float() + 0.02 * torch.randn(12, m, generator=generator)).bfloat16()  # 0: a finetune
+    model[1] = base[1]  # 1: all zero
+    model[2, ::3] = base[2, ::3]  # 2: a third zero, and −0 beside +0
+    base[2, 1], model[2, 1] = -0.0, 0.0
+    model[3, 7] = float("inf")  # 3: ±inf and NaN: too wide a range
+    model[4, 9] = float("nan")
+    base[5] = 0.0  # 5: θ itself, magnitudes from 1e-30 to 1e2 and subnormals: too wide
+    model[5] = torch.randn(m, generator=generator).mul(torch.logspace(-30, 2, m)).bfloat16()
+    model[5, :40] = torch.full((40,), 1e-40)
+    # 6: 200 inexact keys (1 − j·2⁻²⁰) in one bucket, descending by column: more clashes than are
+    # re-sorted (with m = 300, more inexact keys than a quarter of the row)
+    base[6], model[6] = 0.0, 0.0
+    model[6, :200], base[6, :200] = 1.0, (torch.arange(1, 201) * 2.0**-20).bfloat16()
+    # 7: 40 inexact keys (2^e − j·2⁻²⁰) sharing 4 buckets, the rest zero: re-sorted
+    base[7], model[7] = 0.0, 0.0
+    model[7, 3::7][:40] = (2.0 ** (torch.arange(40) % 4)).bfloat16()
+    base[7, 3::7][:40] = (torch.arange(1, 41) * 2.0**-20).bfloat16()
+    model[8, :] = base[8]  # 8: one entry moved, and two inexact keys of one bucket, descending
+    model[8, m // 2] = base[8, m // 2].float() + 0.5
+    model[8, 10], base[8, 10], model[8, 20], base[8, 20] = 1.0, 2.0**-20, 1.0, 2.0**-19
+    expected_unranked = [3, 4, 5, 6]
+    return model, base, expected_unranked
+
+
+@pytest.mark.parametrize("m", [300, 2048])
+@pytest.mark.parametrize("stored", [torch.bfloat16, torch.float32])
+def test_magnitude_ranks_are_the_stable_order_of_magnitudes(m, stored):
+    """Each entry's rank in its row from ``della.magnitude_ranks`` (the counting kernel and the rows
+    it leaves to the sort) is its position in a stable argsort of |θ − θ_base|'s clamped bits (NaN
+    last, equal magnitudes by column), computed here by numpy; and the kernel itself ranks every row
+    but those of a too wide range or too many clashing inexact keys."""
+    model, base, expected_unranked = rows_for_ranking(m)
+
+    def arrays(x: torch.Tensor) -> np.ndarray:
+        return (
+            x.reshape(-1).view(torch.uint16).numpy()
+            if stored == torch.bfloat16
+            else x.float().reshape(-1).numpy()
+        )
+
+    delta = (model.float() - base.float()).numpy()
+    keys = np.minimum(np.abs(delta).view(np.int32), 0x7F800001)
+    expected = np.argsort(np.argsort(keys, axis=1, kind="stable"), axis=1).astype(np.int32)
+    got_delta, ranks = della_module.magnitude_ranks(arrays(model), arrays(base), m)
+    assert np.array_equal(got_delta.view(np.int32), delta.reshape(-1).view(np.int32))
+    assert np.array_equal(ranks.reshape(-1, m), expected)
+    _, counted, unranked = fused.magnitude_ranks(arrays(model), arrays(base), m)
+    assert unranked.tolist() == expected_unranked
+    rows = [r for r in range(12) if r not in expected_unranked]
+    assert np.array_equal(counted.reshape(-1, m)[rows], expected[rows])
+
+
 @pytest.mark.parametrize("divide", [True, False])
 def test_magprune_kernel_is_magprune_bit_for_bit(divide):
     """One model's w·s·MAGPRUNE(τ) from ``fused.magpruned`` equals ``della.magprune`` then the two
@@ -280,9 +337,7 @@ def test_magprune_kernel_is_magprune_bit_for_bit(divide):
     first, k1 = sparsify.counter_key(key, 0, offset, rows * m)
     step, lowest = della_module.ramp_terms(m, 0.4, 0.15)
     got = fused.magpruned(
-        model.numpy(),
-        base.numpy(),
-        m,
+        *della_module.magnitude_ranks(model.numpy(), base.numpy(), m),
         step,
         lowest,
         first,

@@ -186,6 +186,21 @@ def magprune(
     return delta * keep
 
 
+def magnitude_ranks(model: numpy.ndarray, base: numpy.ndarray, m: int) -> tuple[numpy.ndarray, numpy.ndarray]:
+    """(δ, ranks) of a block of whole rows of m ≤ 2¹⁶ entries (CPU arrays, ``fused.magnitude_ranks``):
+    δ = θ − θ_base in float32 and each entry's rank in its row by ``magnitude_order``. The kernel
+    counts most rows; the rows it leaves are sorted here."""
+    from mergebench.methods import fused
+
+    delta, ranks, unranked = fused.magnitude_ranks(model, base, m)
+    if unranked.size:
+        order = magnitude_order(torch.from_numpy(delta.reshape(-1, m)[unranked])).numpy()
+        row_ranks = numpy.empty(order.shape, dtype=numpy.int32)
+        numpy.put_along_axis(row_ranks, order, numpy.arange(m, dtype=numpy.int32)[None, :], axis=1)
+        ranks.reshape(-1, m)[unranked] = row_ranks
+    return delta, ranks
+
+
 def block_length(shape: Sequence[int]) -> int:
     """Entries of a block of whole rows, about BLOCK: MAGPRUNE's sorts and temporaries stay small."""
     _, m, inner = row_layout(shape)
@@ -320,9 +335,7 @@ def _fused_blocks(
             step, lowest = ramp_terms(m, density[index], epsilon[index])
             parts.append(
                 fused.magpruned(
-                    block,
-                    base_block,
-                    m,
+                    *magnitude_ranks(block, base_block, m),
                     step,
                     lowest,
                     first + start,

@@ -490,8 +490,19 @@ def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
     _magnitudes(model, base, out)
 
 
-KEY_MAGNITUDE_SHIFT, KEY_COLUMN_MASK, ABOVE_INF = 16, (1 << 16) - 1, 0x7F800001  # della.magnitude_order's
+ABOVE_INF = 0x7F800001  # della.magnitude_order's clamp: every NaN's magnitude bits, one value above +inf
 UNIFORM_STEP = 2.0**-24  # sparsify.uniforms: U = ⌊h / 2⁸⌋·2⁻²⁴
+
+# ``magnitude_ranks`` counts each row's keys (|δ|'s bits) by their bits above BUCKET_SHIFT: rows of
+# bf16 checkpoints' differences are mostly exact there (the difference of two bf16 values whose
+# exponents differ by at most one has at most 9 significant bits), so counting orders them, ties by
+# column.
+BUCKET_SHIFT = 15
+BUCKET_LOW = (1 << BUCKET_SHIFT) - 1
+COLUMN_BITS = 16  # a clash's (key, column) in one int64: rows of at most 2¹⁶ entries
+COLUMN_MASK = (1 << COLUMN_BITS) - 1
+CLASHES = 128  # entries re-sorted per row at most (insertion sort); more: the row is left to a sort
+BUCKETS_LEAST = 4096  # buckets a row may use: 4m, and at least this many (short rows)
 
 
 # Row kernels index a row's own slices: with offsets from the whole array the compiler did not
@@ -499,24 +510,101 @@ UNIFORM_STEP = 2.0**-24  # sparsify.uniforms: U = ⌊h / 2⁸⌋·2⁻²⁴
 
 
 @kernel
-def _magnitude_keys(model, base, delta, keys, m):
+def _magnitude_ranks(model, base, delta, ranks, m, counts, clashes, unranked):
+    capacity = counts.shape[0] // 3
+    left = 0
     for row_start in range(0, delta.shape[0], m):
         row = slice(row_start, row_start + m)
-        model_row, base_row, delta_row, keys_row = model[row], base[row], delta[row], keys[row]
-        for column in range(m):
+        model_row, base_row, delta_row, keys = model[row], base[row], delta[row], ranks[row]
+        for column in range(m):  # the keys, in the ranks' memory until each is replaced by its rank
             difference = widen(model_row[column]) - widen(base_row[column])
             delta_row[column] = difference
-            bits = min(float_bits(abs(difference)), ABOVE_INF)  # every NaN: one value above +inf
-            keys_row[column] = (np.int64(bits) << KEY_MAGNITUDE_SHIFT) + column
+            keys[column] = min(float_bits(abs(difference)), ABOVE_INF)
+        high, low, inexact = 0, ABOVE_INF, 0
+        for column in range(m):
+            key = keys[column]
+            high = max(high, key)
+            low = min(low, key if key != 0 else ABOVE_INF)
+            inexact += (key & BUCKET_LOW) != 0
+        if high == 0:  # all zero: column order
+            for column in range(m):
+                keys[column] = column
+            continue
+        offset = (low >> BUCKET_SHIFT) - 1  # bucket 0: the zeros; then one per value of the high bits
+        size = (high >> BUCKET_SHIFT) - offset + 1
+        if size > capacity or inexact > m // 4:
+            unranked[left] = row_start // m
+            left += 1
+            continue
+        exact, inexact_in, after = counts[:size], counts[capacity : capacity + size], counts[2 * capacity :]
+        exact[:] = 0
+        inexact_in[:] = 0
+        for column in range(m):
+            key = keys[column]
+            bucket = (key >> BUCKET_SHIFT) - offset if key != 0 else 0
+            exact[bucket] += 1
+            inexact_in[bucket] += (key & BUCKET_LOW) != 0
+        running = 0
+        for bucket in range(size):  # a bucket's exact keys first (column order), then its inexact ones
+            count = exact[bucket]
+            exact[bucket] = running
+            after[bucket] = running + count - inexact_in[bucket]
+            running += count
+        clashing = 0
+        for column in range(m):
+            key = keys[column]
+            bucket = (key >> BUCKET_SHIFT) - offset if key != 0 else 0
+            if key & BUCKET_LOW:
+                keys[column] = after[bucket]
+                after[bucket] += 1
+                if inexact_in[bucket] > 1:  # shares its bucket with another inexact key: sorted below
+                    if clashing < clashes.shape[0]:
+                        clashes[clashing] = (np.int64(key) << COLUMN_BITS) | column
+                    clashing += 1
+            else:
+                keys[column] = exact[bucket]
+                exact[bucket] += 1
+        if clashing > clashes.shape[0]:
+            unranked[left] = row_start // m
+            left += 1
+            continue
+        for i in range(1, clashing):  # insertion sort of the (key, column) pairs
+            item, j = clashes[i], i - 1
+            while j >= 0 and clashes[j] > item:
+                clashes[j + 1] = clashes[j]
+                j -= 1
+            clashes[j + 1] = item
+        previous, rank = -1, 0
+        for i in range(clashing):  # each bucket's inexact ranks, reassigned in (key, column) order
+            bucket = np.int32(clashes[i] >> (COLUMN_BITS + BUCKET_SHIFT)) - offset
+            if bucket != previous:
+                rank, previous = after[bucket] - inexact_in[bucket], bucket
+            keys[clashes[i] & COLUMN_MASK] = rank
+            rank += 1
+    return left
 
 
-@kernel
-def _ranks(keys, m, ranks):
-    for row_start in range(0, keys.shape[0], m):
-        row = slice(row_start, row_start + m)
-        keys_row, ranks_row = keys[row], ranks[row]
-        for rank in range(m):
-            ranks_row[keys_row[rank] & KEY_COLUMN_MASK] = rank
+def magnitude_ranks(model: np.ndarray, base: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(δ, ranks, unranked) of a block of whole rows of m ≤ 2¹⁶ entries, δ = θ − θ_base (float32):
+    each entry's rank within its row by ``della.magnitude_order`` (ascending |δ|, NaN last, equal
+    magnitudes by column), int32 — except in the rows listed in ``unranked``, left to that sort.
+
+    Why not numpy's row sort of (|δ| bits, column) keys, as before: on this project's 2-core AMD Zen 4
+    VM it took 15.7 ns an entry (its AVX-512 partition's compress-stores are microcoded there),
+    on the 16-core Xeon of the device machine 4.8; counting, δ and keys included, takes 3.8 and 5.3
+    (``tools/bench_ranks.py``).
+    A row is counted by its keys' bits above ``BUCKET_SHIFT`` (one bucket per value between the
+    row's smallest non-zero and largest key; zeros first), exact keys in column order within their
+    bucket, then its inexact keys (low bits set), re-sorted where two share a bucket. Rows whose
+    buckets would outnumber max(4m, 4096), or whose inexact keys are many (a float32 checkpoint's
+    differences), are left to the sort."""
+    delta = np.empty(model.shape, dtype=np.float32)
+    ranks = np.empty(model.shape, dtype=np.int32)
+    counts = np.empty(3 * max(4 * m, BUCKETS_LEAST), dtype=np.int32)
+    clashes = np.empty(CLASHES, dtype=np.int64)
+    unranked = np.empty(model.shape[0] // m, dtype=np.int64)
+    left = _magnitude_ranks(model, base, delta, ranks, m, counts, clashes, unranked)
+    return delta, ranks, unranked[:left]
 
 
 @kernel
@@ -533,9 +621,8 @@ def _magpruned(delta, ranks, step, lowest, first, k1, rounds, last_shift, divide
 
 
 def magpruned(
-    model: np.ndarray,
-    base: np.ndarray,
-    m: int,
+    delta: np.ndarray,
+    ranks: np.ndarray,
     step: float,
     lowest: float,
     first: int,
@@ -546,17 +633,11 @@ def magpruned(
     scale: float,
     weight: float,
 ) -> np.ndarray:
-    """w·s·MAGPRUNE(θ − θ_base) of a block of whole rows of m entries (``della.magprune`` with
-    ``della.magnitude_order``'s keys, keep probability lowest + rank·step as ``della.keep_ramp``
-    rounds it, DARE's keyed hash from counter ``first``; ``divide``: survivors ÷ p in float64). Four
-    passes: keys, numpy's row sort, each entry's rank, then keep, divide and weigh in entry order."""
-    delta = np.empty(model.shape, dtype=np.float32)
-    keys = np.empty(model.shape, dtype=np.int64)
-    _magnitude_keys(model, base, delta, keys, m)
-    keys.reshape(-1, m).sort(axis=1)
-    ranks = np.empty(model.shape, dtype=np.int32)
-    _ranks(keys, m, ranks)
-    out = np.empty(model.shape, dtype=np.float32)
+    """w·s·MAGPRUNE(δ) of a block of whole rows given each entry's rank in its row
+    (``magnitude_ranks``): keep probability lowest + rank·step as ``della.keep_ramp`` rounds it,
+    DARE's keyed hash from counter ``first``; ``divide``: survivors ÷ p in float64. One pass, in
+    entry order."""
+    out = np.empty(delta.shape, dtype=np.float32)
     _magpruned(
         delta,
         ranks,
