@@ -270,6 +270,28 @@ def test_della_kernels_are_the_torch_path_bit_for_bit(elect_signs, rescale, scal
     assert torch.equal(bits(fast.reshape(-1)), bits(slow.reshape(-1)))
 
 
+@pytest.mark.parametrize("n", [0, 1, 2, 5000, 70_001])
+def test_sorted_floats_is_numpy_sort(n):
+    """``fused.sorted_floats`` orders float32 values as ``np.sort`` does (signs, ±inf, subnormals,
+    bf16 magnitudes' many ties, one repeated value whose digit passes are skipped), −0 before +0, and
+    gives None for an array holding a NaN."""
+    generator = np.random.default_rng(n)
+    mixed = generator.standard_normal(n).astype(np.float32) * np.float32(1e3)
+    mixed[::7] = np.abs(mixed[::7]).astype(np.float32).view(np.uint32) & 0xFFFF0000  # bf16 values: ties
+    specials = np.array([np.inf, -np.inf, 1e-45, -1e-45, 1e-40, 0.0, -0.0, 3.4e38], dtype=np.float32)
+    mixed[: min(n, specials.size)] = specials[: min(n, specials.size)]
+    for values in (mixed, np.full(n, 0.75, dtype=np.float32)):
+        got = fused.sorted_floats(values.copy())
+        expected = np.sort(values)
+        assert np.array_equal(got, expected)  # ±0 compare equal; their order is checked below
+        zeros = got[got == 0]
+        assert np.all(np.diff(np.signbit(zeros).astype(np.int8)) <= 0)  # every −0 before every +0
+        assert np.array_equal(got[got != 0].view(np.uint32), expected[expected != 0].view(np.uint32))
+    if n:
+        mixed[n // 2] = np.nan
+        assert fused.sorted_floats(mixed) is None
+
+
 def rows_for_ranking(m: int) -> tuple[torch.Tensor, torch.Tensor, list[int]]:
     """(model, base) of 12 rows of m bf16 entries, one case of ``fused.magnitude_ranks`` per row, and
     the rows its counting pass must leave to the sort (the rest it must rank itself)."""

@@ -1,6 +1,8 @@
-"""DELLA's per-row magnitude ranks: ``fused.magnitude_ranks`` (counting) against numpy's row sort of
-(|δ| bits, column) int64 keys, the path it replaced, on bf16 rows like a finetune's (min of 15 runs,
-ns per entry; the counting time includes δ and its keys, the sort's does not).
+"""The project's sorts against numpy's, min of 15 runs: DELLA's per-row magnitude ranks
+(``fused.magnitude_ranks``, counting) against numpy's row sort of (|δ| bits, column) int64 keys, the
+path it replaced, on bf16 rows like a finetune's (ns per entry; the counting time includes δ and its
+keys, the sort's does not); and the top-k brackets' sort of a 64K float32 sample
+(``fused.sorted_floats``, a radix sort) against ``np.sort``.
 
     .venv/bin/python tools/bench_ranks.py
 """
@@ -47,6 +49,10 @@ def main() -> None:
             f"{platform.machine()} m={m}: counting {counting / keys.size * 1e9:.2f} ns/entry "
             f"({unranked.size} rows left to the sort), numpy row sort {sorting / keys.size * 1e9:.2f} ns/entry"
         )
+    sample = np.abs(np.random.default_rng(0).standard_normal(1 << 16)).astype(np.float32)
+    assert np.array_equal(fused.sorted_floats(sample), np.sort(sample))
+    radix, numpy_sort = best_of(fused.sorted_floats, sample), best_of(np.sort, sample)
+    print(f"64K float32 sample: sorted_floats {radix * 1e3:.3f} ms, np.sort {numpy_sort * 1e3:.3f} ms")
 
 
 if __name__ == "__main__":

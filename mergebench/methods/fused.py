@@ -490,6 +490,62 @@ def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
     _magnitudes(model, base, out)
 
 
+RADIX_BITS, RADIX_DIGITS = 11, 3  # sorted_floats: a 32-bit key in three 11-bit digits
+RADIX_MASK = np.uint32((1 << RADIX_BITS) - 1)
+SIGN, ALL_BITS = np.uint32(1 << 31), np.uint32((1 << 32) - 1)
+
+
+@kernel
+def _radix_sort(values, keys, spare, counts):
+    counts[:] = 0
+    for i in range(values.shape[0]):  # each float's bits as an unsigned key of the same order
+        value = values[i]
+        if value != value:
+            return False
+        bits = np.uint32(float_bits(value))
+        key = bits ^ (ALL_BITS if bits & SIGN else SIGN)
+        keys[i] = key
+        for digit in range(RADIX_DIGITS):
+            counts[digit, (key >> np.uint32(digit * RADIX_BITS)) & RADIX_MASK] += 1
+    source, target = keys, spare
+    for digit in range(RADIX_DIGITS):  # least significant digit first; each pass is stable
+        shift = np.uint32(digit * RADIX_BITS)
+        if counts[digit, (source[0] >> shift) & RADIX_MASK] == source.shape[0]:
+            continue  # every key has this digit's value: the pass would keep the order
+        running = 0
+        for bucket in range(1 << RADIX_BITS):
+            count = counts[digit, bucket]
+            counts[digit, bucket] = running
+            running += count
+        for i in range(source.shape[0]):
+            key = source[i]
+            bucket = (key >> shift) & RADIX_MASK
+            target[counts[digit, bucket]] = key
+            counts[digit, bucket] += 1
+        source, target = target, source
+    for i in range(source.shape[0]):
+        key = source[i]
+        keys[i] = key ^ (SIGN if key & SIGN else ALL_BITS)
+    return True
+
+
+def sorted_floats(values: np.ndarray) -> np.ndarray | None:
+    """A float32 array in ascending order (−0 before +0), or None if it holds a NaN.
+
+    Why not ``np.sort``: the top-k brackets sort a 64K sample and a band around each threshold; on
+    this project's AMD Zen 4 VM numpy's AVX-512 sort took 1.37 ms for 64K values (compress-stores are
+    microcoded there), this LSD radix sort 0.23 (``tools/bench_ranks.py``)."""
+    keys = np.empty(values.size, dtype=np.uint32)
+    if not values.size or _radix_sort(
+        values,
+        keys,
+        np.empty(values.size, dtype=np.uint32),
+        np.empty((RADIX_DIGITS, 1 << RADIX_BITS), dtype=np.int64),
+    ):
+        return keys.view(np.float32)
+    return None
+
+
 ABOVE_INF = 0x7F800001  # della.magnitude_order's clamp: every NaN's magnitude bits, one value above +inf
 UNIFORM_STEP = 2.0**-24  # sparsify.uniforms: U = ⌊h / 2⁸⌋·2⁻²⁴
 

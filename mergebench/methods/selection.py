@@ -279,11 +279,23 @@ def top_k_cuts(magnitude: torch.Tensor, ks: Sequence[int], map: Mapper = in_orde
 
 
 def _sorted_sample(sample: torch.Tensor) -> np.ndarray:
-    """The sample in ascending order, for its quantiles. Sorted whole: numpy's vectorised sort of a
-    64K sample takes ~0.05 ms, where its selection (``np.quantile``'s partition) degrades to ~1 ms on
-    bf16 magnitudes' many equal values."""
+    """The sample in ascending order, for its quantiles. Sorted whole (``_sorted``: 0.05–0.25 ms for a
+    64K sample), where its selection (``np.quantile``'s partition) degrades to ~1 ms on bf16
+    magnitudes' many equal values."""
     array = numpy_view(sample)
-    return np.sort(array) if array is not None else sample.sort().values.cpu().numpy()
+    return _sorted(array) if array is not None else sample.sort().values.cpu().numpy()
+
+
+def _sorted(array: np.ndarray) -> np.ndarray:
+    """A flat float array in ascending order: ``fused.sorted_floats`` for NaN-free float32 (a radix
+    sort, several times faster than ``np.sort`` where numpy's vectorised sort is slow), else numpy."""
+    if array.dtype == np.float32:
+        from mergebench.methods import fused
+
+        ordered = fused.sorted_floats(array.reshape(-1))
+        if ordered is not None:
+            return ordered
+    return np.sort(array)
 
 
 def _quantiles(ordered: np.ndarray, qs: list[float]) -> list[float]:
@@ -299,7 +311,7 @@ def _cut(values: torch.Tensor, k: int, positions: torch.Tensor | None) -> tuple[
     if array is not None:
         # A band: NaN-free, on the CPU. Sorted whole, not selected: a band of bf16 magnitudes holds few
         # distinct values, and np.partition degrades on them (3 ms vs 0.2 ms to sort 290K entries).
-        ordered = np.sort(array)
+        ordered = _sorted(array)
         threshold = ordered[array.size - k]
         missing = k - (array.size - int(np.searchsorted(ordered, threshold, side="right")))
         if missing <= 0:
