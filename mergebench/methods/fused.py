@@ -599,7 +599,8 @@ def _magnitude_ranks(model, base, delta, ranks, m, counts, clashes, unranked):
             key = keys[column]
             bucket = (key >> BUCKET_SHIFT) - offset if key != 0 else 0
             exact[bucket] += 1
-            inexact_in[bucket] += (key & BUCKET_LOW) != 0
+            if key & BUCKET_LOW:
+                inexact_in[bucket] += 1
         running = 0
         for bucket in range(size):  # a bucket's exact keys first (column order), then its inexact ones
             count = exact[bucket]
