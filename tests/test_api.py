@@ -3,6 +3,9 @@
 from __future__ import annotations
 
 import hashlib
+import json
+import subprocess
+import sys
 
 import pytest
 
@@ -46,6 +49,38 @@ def test_merge_from_a_dict_a_path_and_the_cli_give_the_same_bytes(llama_family, 
     assert run_cli("merge", path, tmp_path / "cli", "--no-progress").exit_code == 0
     assert digests(result.path) == digests(from_path.path) == digests(tmp_path / "cli")
     assert str(result).startswith(str(result.path))
+
+
+KERNELS_PROBE = """
+import json, sys, threading
+import mergebench
+mergebench.merge(json.loads(sys.argv[1]), sys.argv[2])
+print(json.dumps({"numba": "numba" in sys.modules, "threads": [t.name for t in threading.enumerate()]}))
+"""
+
+
+def test_only_runs_that_call_kernels_import_numba(llama_family, tmp_path):
+    """Loading the methods imports no compiled kernels (numba costs 0.1–0.45 s to import): a linear
+    merge never imports numba; a TIES merge on the CPU does, loading it early on a thread of its own."""
+    linear = {
+        "merge_method": "linear",
+        "models": [
+            {"model": str(llama_family.ft1), "parameters": {"weight": 0.5}},
+            {"model": str(llama_family.ft2), "parameters": {"weight": 0.5}},
+        ],
+    }
+    seen = {}
+    for name, config in (("linear", linear), ("ties", ties_config(llama_family))):
+        done = subprocess.run(
+            [sys.executable, "-c", KERNELS_PROBE, json.dumps(config), str(tmp_path / name)],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
+        assert done.returncode == 0, done.stderr
+        seen[name] = json.loads(done.stdout.strip().splitlines()[-1])
+    assert not seen["linear"]["numba"] and "mergebench-kernels" not in seen["linear"]["threads"]
+    assert seen["ties"]["numba"]
 
 
 def test_plan_reads_headers_only_and_says_what_each_tensor_is(llama_family, monkeypatch):

@@ -485,6 +485,12 @@ def _magnitudes(model, base, out):
         out[j] = abs(widen(model[j]) - widen(base[j]))
 
 
+def warm_up() -> None:
+    """Load numba's machinery and one kernel (from the disk cache where it is there): what the first
+    kernel call of a process costs, so ``execute`` can pay it in the background."""
+    _magnitudes(np.zeros(1, dtype=np.float32), np.zeros(1, dtype=np.float32), np.empty(1, dtype=np.float32))
+
+
 def magnitudes(model: np.ndarray, base: np.ndarray, out: np.ndarray) -> None:
     """|θ − θ_base| into ``out``, as ``torch.sub(…).abs_()`` computes it: one pass, no temporary."""
     _magnitudes(model, base, out)

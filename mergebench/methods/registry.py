@@ -310,9 +310,14 @@ def all_methods() -> dict[str, MergeMethod]:
 _loaded = False
 
 
+KERNELS = "fused"  # the compiled kernels' module
+
+
 def _load_builtin_methods() -> None:
     """Import every module of this package once: each registers its methods, so adding a file adds
-    its methods (discovered by file, so the registry depends on no method module)."""
+    its methods (discovered by file, so the registry depends on no method module). Not ``fused``: it
+    registers none, and importing it imports numba (~0.1–0.45 s), which only runs whose methods call
+    a kernel should pay — they import it where they do."""
     global _loaded
     if _loaded:
         return
@@ -321,7 +326,8 @@ def _load_builtin_methods() -> None:
     from pathlib import Path
 
     for module in pkgutil.iter_modules([str(Path(__file__).parent)]):
-        importlib.import_module(f"{__package__}.{module.name}")
+        if module.name != KERNELS:
+            importlib.import_module(f"{__package__}.{module.name}")
     _loaded = True
 
 
