@@ -89,7 +89,7 @@ def test_trim_kernel_is_torch_bit_for_bit(offset):
 
 @pytest.mark.parametrize("n", [0, 1, 4099])
 def test_magnitude_band_kernel_counts_like_count_and_band(n):
-    """``fused.band`` of |model − base| (one range; two or three in one pass; four: three and one)
+    """``fused.band`` of |model − base| (one range; two in one pass; three: two and one; four: two pairs)
     counts and collects what torch's comparisons do, positions counted from ``first``; so does
     ``count_and_bands`` of the materialised magnitudes through numpy (strided) and the kernel."""
     (model,), base = inputs(1, n, seed=9)

@@ -162,7 +162,7 @@ def streamed_top_k_cuts(
     All cuts are counted in one walk over the slices: a slice's brackets one after another while its
     inputs are in cache (TIES' models share the base). Cuts given the same ``values`` callable share
     one sample and one count per slice (breadcrumbs' two cuts of a model, Arcee Fusion's three
-    quartiles: ``fused.band`` checks each value against every range in one pass)."""
+    quartiles: ``fused.band`` checks each value against two ranges per pass)."""
     cuts: list[tuple[float, int] | None] = [None] * len(ks)
     brackets = []  # (cut, lo, hi)
     samples: dict[Values, np.ndarray] = {}
