@@ -349,6 +349,23 @@ def test_magnitude_ranks_are_the_stable_order_of_magnitudes(m, stored):
     assert np.array_equal(counted.reshape(-1, m)[rows], expected[rows])
 
 
+def test_magnitude_ranks_count_rows_longer_than_two_to_the_sixteen():
+    """The counting kernel has no row-length limit of its own: two inexact keys of one bucket past
+    column 2¹⁶, in descending order, are re-sorted into the stable order (a column kept in 16 bits
+    would rank other entries)."""
+    m = 70_000
+    model, base = torch.zeros(m, dtype=torch.bfloat16), torch.zeros(m, dtype=torch.bfloat16)
+    model[::5] = 0.5  # exact keys
+    model[66_000], base[66_000] = 1.0, 2.0**-20  # 1 − 2⁻²⁰ ranks after 1 − 2⁻¹⁹ (column 69 000)
+    model[69_000], base[69_000] = 1.0, 2.0**-19
+    stored = [x.view(torch.uint16).numpy() for x in (model, base)]
+    keys = np.abs((model.float() - base.float()).numpy()).view(np.int32)
+    expected = np.argsort(np.argsort(keys, kind="stable"), kind="stable").astype(np.int32)
+    _, ranks, unranked = fused.magnitude_ranks(*stored, m)
+    assert unranked.size == 0
+    assert np.array_equal(ranks, expected)
+
+
 @pytest.mark.parametrize("divide", [True, False])
 def test_magprune_kernel_is_magprune_bit_for_bit(divide):
     """One model's w·s·MAGPRUNE(τ) from ``fused.magpruned`` equals ``della.magprune`` then the two

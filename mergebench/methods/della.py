@@ -187,7 +187,7 @@ def magprune(
 
 
 def magnitude_ranks(model: numpy.ndarray, base: numpy.ndarray, m: int) -> tuple[numpy.ndarray, numpy.ndarray]:
-    """(δ, ranks) of a block of whole rows of m ≤ 2¹⁶ entries (CPU arrays, ``fused.magnitude_ranks``):
+    """(δ, ranks) of a block of whole rows of m entries (CPU arrays, ``fused.magnitude_ranks``):
     δ = θ − θ_base in float32 and each entry's rank in its row by ``magnitude_order``. The kernel
     counts most rows; the rows it leaves are sorted here."""
     from mergebench.methods import fused

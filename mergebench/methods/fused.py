@@ -16,8 +16,8 @@ summation order is unspecified too; their float64 sums run in vector lanes (``su
 are float32 or stored bfloat16 (read as its float32 value: ``widen``); outputs float32. Callers use a
 kernel only where ``selection.kernel_views`` gives arrays.
 
-Imported lazily (``import numba`` costs ~0.15 s): only a run that merges on the CPU with these
-methods pays it.
+Imported lazily (``import numba`` and its first kernel cost ~0.5 s): only a run that merges on the
+CPU with these methods pays it (``execute`` starts loading them early, on a thread of its own).
 """
 
 from __future__ import annotations
@@ -553,7 +553,7 @@ UNIFORM_STEP = 2.0**-24  # sparsify.uniforms: U = ⌊h / 2⁸⌋·2⁻²⁴
 # column.
 BUCKET_SHIFT = 15
 BUCKET_LOW = (1 << BUCKET_SHIFT) - 1
-COLUMN_BITS = 16  # a clash's (key, column) in one int64: rows of at most 2¹⁶ entries
+COLUMN_BITS = 32  # a clash's (key, column) in one int64: the key (< 2³¹) above, the column below
 COLUMN_MASK = (1 << COLUMN_BITS) - 1
 CLASHES = 128  # entries re-sorted per row at most (insertion sort); more: the row is left to a sort
 BUCKETS_LEAST = 4096  # buckets a row may use: 4m, and at least this many (short rows)
@@ -640,13 +640,13 @@ def _magnitude_ranks(model, base, delta, ranks, m, counts, clashes, unranked):
 
 
 def magnitude_ranks(model: np.ndarray, base: np.ndarray, m: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    """(δ, ranks, unranked) of a block of whole rows of m ≤ 2¹⁶ entries, δ = θ − θ_base (float32):
+    """(δ, ranks, unranked) of a block of whole rows of m entries, δ = θ − θ_base (float32):
     each entry's rank within its row by ``della.magnitude_order`` (ascending |δ|, NaN last, equal
     magnitudes by column), int32 — except in the rows listed in ``unranked``, left to that sort.
 
     Why not numpy's row sort of (|δ| bits, column) keys, as before: on this project's 2-core AMD Zen 4
     VM it took 15.7 ns an entry (its AVX-512 partition's compress-stores are microcoded there),
-    on the 16-core Xeon of the device machine 4.8; counting, δ and keys included, takes 3.8 and 5.3
+    on the 16-core Xeon of the device machine 4.8; counting, δ and keys included, takes 3.5 and 5.3
     (``tools/bench_ranks.py``).
     A row is counted by its keys' bits above ``BUCKET_SHIFT`` (one bucket per value between the
     row's smallest non-zero and largest key; zeros first), exact keys in column order within their
