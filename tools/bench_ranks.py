@@ -1,8 +1,11 @@
-"""The project's sorts against numpy's, min of 15 runs: DELLA's per-row magnitude ranks
+"""The selection kernels, min of 15 runs. The project's sorts against numpy's: DELLA's per-row magnitude ranks
 (``fused.magnitude_ranks``, counting) against numpy's row sort of (|δ| bits, column) int64 keys, the
 path it replaced, on bf16 rows like a finetune's (ns per entry; the counting time includes δ and its
 keys, the sort's does not); and the top-k brackets' sort of a 64K float32 sample
-(``fused.sorted_floats``, a radix sort) against ``np.sort``.
+(``fused.sorted_floats``, a radix sort) against ``np.sort``. Then the top-k brackets' count
+(``fused.band`` of |θ − θ_base| over 16M stored bf16 entries, a 256K slice a call as the stats walk
+calls it) with a 2% band, a TIES bracket's width, and with an empty one: what collecting the band's
+positions costs.
 
     .venv/bin/python tools/bench_ranks.py
 """
@@ -53,6 +56,26 @@ def main() -> None:
     assert np.array_equal(fused.sorted_floats(sample), np.sort(sample))
     radix, numpy_sort = best_of(fused.sorted_floats, sample), best_of(np.sort, sample)
     print(f"64K float32 sample: sorted_floats {radix * 1e3:.3f} ms, np.sort {numpy_sort * 1e3:.3f} ms")
+    n, walk = 1 << 24, 1 << 18  # inputs larger than the caches, walked a slice at a time
+    base = (torch.randn(n, generator=generator) * 0.02).bfloat16()
+    model = (base.float() + 0.002 * torch.randn(n, generator=generator)).bfloat16()
+    stored = [x.view(torch.uint16).numpy() for x in (model, base)]
+    magnitude = (model.float() - base.float()).abs()
+    ordered = magnitude.sort().values
+    for label, (lo, hi) in (
+        ("2% band", (float(ordered[int(0.79 * n)]), float(ordered[int(0.81 * n)]))),
+        ("empty band", (1.0, 2.0)),
+    ):
+
+        def count(ranges: list[tuple[float, float]]) -> list:
+            return [
+                fused.band(stored[0][a : a + walk], ranges, stored[1][a : a + walk], a)
+                for a in range(0, n, walk)
+            ]
+
+        assert sum(int(found[0][0]) for found in count([(lo, hi)])) == int((magnitude > hi).sum())
+        seconds = best_of(count, [(lo, hi)], runs=5)
+        print(f"band of |model - base| in {walk >> 10}K slices, {label}: {seconds / n * 1e9:.3f} ns/entry")
 
 
 if __name__ == "__main__":
