@@ -7,6 +7,7 @@ queues between them, so memory stays at a few output tensors' inputs however lar
 
 from __future__ import annotations
 
+import itertools
 import math
 import os
 import queue
@@ -14,6 +15,7 @@ import threading
 from collections import OrderedDict, deque
 from collections.abc import Callable, Collection, Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
+from concurrent.futures import wait as futures_wait
 from dataclasses import replace
 from typing import Any
 
@@ -183,12 +185,15 @@ class ChunkHelpers:
 
     Ops run one per worker, so while many ops are in flight every core is busy; but a model's largest
     tensors (embeddings, LM head) are also its first and last, and would otherwise run on one core
-    while the rest wait or idle. An op's chunks are split into as many contiguous runs as there are
-    cores per op in flight; the op's own thread computes the first run and helper threads the others.
-    Chunks are independent (elementwise methods), so the result is the same however they are shared.
+    while the rest wait or idle. An op's chunks are cut into pieces of PIECE_CHUNKS chunks, which its
+    own thread and helper threads claim one at a time. Helpers are offered up to the op's share of
+    the cores (cores ÷ ops computing), re-counted before each piece the op's thread claims — the LM
+    head, started beside the last layers, takes more cores as they finish — and the op's thread never
+    waits for a helper that has not started. Chunks are independent (elementwise methods), so the
+    result is the same however they are shared.
     """
 
-    MIN_CHUNKS = 8  # runs shorter than this are not worth a hand-over
+    PIECE_CHUNKS = 8  # chunks a thread claims at a time: a hand-over costs a few microseconds
 
     def __init__(self, cores: int) -> None:
         self.cores = cores
@@ -206,8 +211,8 @@ class ChunkHelpers:
             self._ops_running -= 1
 
     def map(self, function: Callable[[Any], Any], items: Sequence[Any]) -> list[Any]:
-        """``[function(item) for item in items]``, contiguous runs of items shared like ``run``'s chunks
-        (a stats step's slices: the results come back in items' order, whoever computed them)."""
+        """``[function(item) for item in items]``, the items shared like ``run``'s chunks (a stats
+        step's slices: the results come back in items' order, whoever computed them)."""
         results: list[Any] = [None] * len(items)
 
         def compute(indices: range) -> None:
@@ -218,20 +223,45 @@ class ChunkHelpers:
         return results
 
     def run(self, compute: Callable[[range], None], starts: range) -> None:
-        with self._lock:
-            share = self.cores // max(1, self._ops_running)
-        runs = max(1, min(share, len(starts) // self.MIN_CHUNKS))
-        if runs == 1:
+        """``compute(piece)`` for consecutive pieces of ``starts``, on this thread and on helpers."""
+        size = self.PIECE_CHUNKS
+        pieces = [starts[i : i + size] for i in range(0, len(starts), size)]
+        if len(pieces) <= 1:
             compute(starts)
             return
-        size = math.ceil(len(starts) / runs)
-        pieces = [starts[i : i + size] for i in range(0, len(starts), size)]
-        futures = [self._pool.submit(compute, piece) for piece in pieces[1:]]
+        claims = itertools.count()  # next() is atomic: each piece is claimed once
+        failed = threading.Event()
+
+        def claim() -> range | None:
+            index = next(claims)
+            return pieces[index] if index < len(pieces) and not failed.is_set() else None
+
+        def attempt(piece: range) -> None:
+            try:
+                compute(piece)
+            except BaseException:
+                failed.set()  # the others stop claiming; the error reaches the op's thread
+                raise
+
+        def work() -> None:
+            while (piece := claim()) is not None:
+                attempt(piece)
+
+        helpers: list[Future] = []
         try:
-            compute(pieces[0])
-        finally:
-            for future in futures:
-                future.result()
+            while True:
+                with self._lock:
+                    share = self.cores // max(1, self._ops_running)
+                while len(helpers) < min(share, len(pieces)) - 1:
+                    helpers.append(self._pool.submit(work))
+                if (piece := claim()) is None:
+                    break
+                attempt(piece)
+        finally:  # a helper not started yet is not waited for: every piece has been claimed
+            started = [helper for helper in helpers if not helper.cancel()]
+            futures_wait(started)
+        for helper in started:
+            helper.result()  # a helper's error
 
     def shutdown(self) -> None:
         self._pool.shutdown(wait=True, cancel_futures=True)

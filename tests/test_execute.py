@@ -206,16 +206,104 @@ def test_chunks_shared_with_helper_threads_give_the_same_bytes(monkeypatch, meth
     helpers = execute.ChunkHelpers(4)
     shared = []
     original = helpers._pool.submit
-    monkeypatch.setattr(
-        helpers._pool, "submit", lambda fn, piece: shared.append(piece) or original(fn, piece)
-    )
+    monkeypatch.setattr(helpers._pool, "submit", lambda fn: shared.append(fn) or original(fn))
     try:
         with helpers:
             together = execute.run_op(job, list(inputs), helpers=helpers)
     finally:
         helpers.shutdown()
-    assert len(shared) == 3  # the op's own thread took one run, helpers the other three
+    assert len(shared) == 3  # the op alone on four cores: three helpers offered
     assert torch.equal(alone, together)
+
+
+def pieces_run(
+    helpers: execute.ChunkHelpers, starts: range, seconds: float = 0.004
+) -> list[tuple[range, str]]:
+    """``helpers.run`` over ``starts``, each piece sleeping ``seconds``: (piece, thread) in claim order."""
+    done: list[tuple[range, str]] = []
+
+    def compute(piece: range) -> None:
+        done.append((piece, threading.current_thread().name))
+        time.sleep(seconds)
+
+    helpers.run(compute, starts)
+    return done
+
+
+def test_helpers_claim_pieces_so_each_chunk_runs_once():
+    """``ChunkHelpers.run`` hands out consecutive pieces of PIECE_CHUNKS starts, each to one thread:
+    every start once, on more than one thread when helpers are free."""
+    helpers = execute.ChunkHelpers(3)
+    try:
+        with helpers:
+            done = pieces_run(helpers, range(0, 1000, 10))  # 100 starts: 13 pieces
+    finally:
+        helpers.shutdown()
+    size = execute.ChunkHelpers.PIECE_CHUNKS
+    assert sorted(piece.start for piece, _ in done) == list(range(0, 1000, 10 * size))
+    assert sorted(start for piece, _ in done for start in piece) == list(range(0, 1000, 10))
+    assert len({thread for _, thread in done}) == 3
+
+
+def test_a_busy_pool_leaves_every_piece_to_the_ops_thread_without_waiting():
+    """When every helper thread is taken, the op's thread computes all its pieces and returns at once:
+    it never waits for a helper that has not started."""
+    helpers = execute.ChunkHelpers(2)
+    release = threading.Event()
+    blocker = helpers._pool.submit(release.wait)  # the one helper thread, busy for 2 s
+    unblock = threading.Timer(2.0, release.set)
+    unblock.start()
+    try:
+        with helpers:
+            started = time.monotonic()
+            done = pieces_run(helpers, range(40), seconds=0.001)
+            took = time.monotonic() - started
+    finally:
+        unblock.join()
+        blocker.result()
+        helpers.shutdown()
+    assert {thread for _, thread in done} == {threading.current_thread().name}
+    assert len(done) == 5 and took < 1  # 40 starts, 5 pieces, none waiting for the blocked pool
+
+
+def test_an_op_takes_cores_that_free_up_while_it_runs():
+    """The share is re-counted before each piece: an op that started beside another (one core each on
+    two) offers a helper once the other op is done, and the helper takes the rest of its pieces."""
+    helpers = execute.ChunkHelpers(2)
+    helpers.__enter__()  # another op, computing
+    finish_other = threading.Timer(0.05, helpers.__exit__)
+    try:
+        with helpers:
+            finish_other.start()
+            done = pieces_run(helpers, range(0, 8 * 60), seconds=0.01)  # 60 pieces, ≥ 0.3 s alone
+    finally:
+        finish_other.join()
+        helpers.shutdown()
+    threads = [thread for _, thread in done]
+    assert threads[0] == threading.current_thread().name
+    assert any(thread.startswith("mergebench-help") for thread in threads)
+    early = threads[:3]  # claimed in the first 30 ms, before the other op finished: no helper offered
+    assert all(thread == threading.current_thread().name for thread in early)
+
+
+def test_a_failing_piece_stops_the_others_and_reaches_the_op():
+    """An error in any piece, on whichever thread, is raised by ``run`` once the started helpers are
+    done; no piece is claimed after it."""
+    helpers = execute.ChunkHelpers(3)
+    claimed: list[int] = []
+
+    def compute(piece: range) -> None:
+        claimed.append(piece.start)
+        time.sleep(0.002)
+        if piece.start == 8 * 3:
+            raise ValueError("piece 3")
+
+    try:
+        with helpers, pytest.raises(ValueError, match="piece 3"):
+            helpers.run(compute, range(8 * 100))
+    finally:
+        helpers.shutdown()
+    assert len(claimed) < 20  # 100 pieces; those claimed before the failure was seen
 
 
 @pytest.mark.parametrize("method_name", ELEMENTWISE)
