@@ -190,7 +190,10 @@ class ChunkHelpers:
     the cores (cores ÷ ops computing), re-counted before each piece the op's thread claims — the LM
     head, started beside the last layers, takes more cores as they finish — and the op's thread never
     waits for a helper that has not started. Chunks are independent (elementwise methods), so the
-    result is the same however they are shared.
+    result is the same however they are shared. (The share used to be fixed when the op asked: on 16
+    cores the first wave of ops, blocked on numba's first kernel, held the embedding to one core, and
+    a DELLA merge ran 9.73 s instead of 7.96, median of 5 alternated runs:
+    ``bench/results/ab-h200-16c-chunk-helpers-20261127.log``.)
     """
 
     PIECE_CHUNKS = 8  # chunks a thread claims at a time: a hand-over costs a few microseconds
