@@ -4,8 +4,8 @@ path it replaced, on bf16 rows like a finetune's (ns per entry; the counting tim
 keys, the sort's does not); and the top-k brackets' sort of a 64K float32 sample
 (``fused.sorted_floats``, a radix sort) against ``np.sort``. Then the top-k brackets' count
 (``fused.band`` of |θ − θ_base| over 16M stored bf16 entries, a 256K slice a call as the stats walk
-calls it) with a 2% band, a TIES bracket's width, and with an empty one: what collecting the band's
-positions costs.
+calls it; min of 5 walks) with a 2% band, a TIES bracket's width, and with an empty one: what
+collecting the band's positions costs.
 
     .venv/bin/python tools/bench_ranks.py
 """
