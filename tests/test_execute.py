@@ -234,9 +234,20 @@ def test_helpers_claim_pieces_so_each_chunk_runs_once():
     """``ChunkHelpers.run`` hands out consecutive pieces of PIECE_CHUNKS starts, each to one thread:
     every start once, on more than one thread when helpers are free."""
     helpers = execute.ChunkHelpers(3)
+    arrived = threading.Barrier(3, timeout=30)  # each thread's first piece waits for the other two
+    seen: set[str] = set()
+    done: list[tuple[range, str]] = []
+
+    def compute(piece: range) -> None:
+        thread = threading.current_thread().name
+        done.append((piece, thread))
+        if thread not in seen:
+            seen.add(thread)
+            arrived.wait()
+
     try:
         with helpers:
-            done = pieces_run(helpers, range(0, 1000, 10))  # 100 starts: 13 pieces
+            helpers.run(compute, range(0, 1000, 10))  # 100 starts: 13 pieces
     finally:
         helpers.shutdown()
     size = execute.ChunkHelpers.PIECE_CHUNKS
@@ -268,22 +279,31 @@ def test_a_busy_pool_leaves_every_piece_to_the_ops_thread_without_waiting():
 
 def test_an_op_takes_cores_that_free_up_while_it_runs():
     """The share is re-counted before each piece: an op that started beside another (one core each on
-    two) offers a helper once the other op is done, and the helper takes the rest of its pieces."""
+    two) offers a helper once the other op is done, and the helper takes some of its other pieces."""
     helpers = execute.ChunkHelpers(2)
     helpers.__enter__()  # another op, computing
-    finish_other = threading.Timer(0.05, helpers.__exit__)
+    other_done = threading.Event()
+
+    def finish_other() -> None:
+        other_done.set()
+        helpers.__exit__()
+
+    done: list[tuple[str, bool]] = []  # (thread, whether the other op had finished)
+
+    def compute(piece: range) -> None:
+        done.append((threading.current_thread().name, other_done.is_set()))
+        if len(done) == 5:  # the other op finishes while this one is under way
+            finish_other()
+        time.sleep(0.01)
+
     try:
         with helpers:
-            finish_other.start()
-            done = pieces_run(helpers, range(0, 8 * 60), seconds=0.01)  # 60 pieces, ≥ 0.3 s alone
+            helpers.run(compute, range(0, 8 * 60))  # 60 pieces, ≥ 0.5 s after the other op finished
     finally:
-        finish_other.join()
         helpers.shutdown()
-    threads = [thread for _, thread in done]
-    assert threads[0] == threading.current_thread().name
-    assert any(thread.startswith("mergebench-help") for thread in threads)
-    early = threads[:3]  # claimed in the first 30 ms, before the other op finished: no helper offered
-    assert all(thread == threading.current_thread().name for thread in early)
+    assert done[:5] == [(threading.current_thread().name, False)] * 5  # one core each: no helper
+    by_helpers = [finished for thread, finished in done if thread.startswith("mergebench-help")]
+    assert by_helpers and all(by_helpers)  # helped, and only once the other op had finished
 
 
 def test_a_failing_piece_stops_the_others_and_reaches_the_op():

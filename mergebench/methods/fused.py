@@ -395,7 +395,8 @@ def _band_value(model, base, j):
 @kernel
 def _band(model, base, lo, hi, first, positions):
     # Word by word (64 entries): the compares vectorise into a bitmask and only its set bits are
-    # visited — a band of ~2% leaves most words empty (flatnonzero of a bool mask took 3× as long).
+    # visited (``_collect``) — a band of ~2% sets 0–2 bits in most words (flatnonzero of a bool mask
+    # took 3× as long).
     n = model.shape[0]
     full = n - n % 64
     above = 0
