@@ -261,20 +261,17 @@ def test_a_busy_pool_leaves_every_piece_to_the_ops_thread_without_waiting():
     it never waits for a helper that has not started."""
     helpers = execute.ChunkHelpers(2)
     release = threading.Event()
-    blocker = helpers._pool.submit(release.wait)  # the one helper thread, busy for 2 s
-    unblock = threading.Timer(2.0, release.set)
-    unblock.start()
+    blocker = helpers._pool.submit(release.wait, 30)  # the one helper thread, busy until released
     try:
         with helpers:
-            started = time.monotonic()
             done = pieces_run(helpers, range(40), seconds=0.001)
-            took = time.monotonic() - started
+            returned_while_busy = not blocker.done()  # waiting for a queued helper outlasts the 30 s
     finally:
-        unblock.join()
+        release.set()
         blocker.result()
         helpers.shutdown()
     assert {thread for _, thread in done} == {threading.current_thread().name}
-    assert len(done) == 5 and took < 1  # 40 starts, 5 pieces, none waiting for the blocked pool
+    assert len(done) == 5 and returned_while_busy  # 40 starts, 5 pieces, no wait for the busy pool
 
 
 def test_an_op_takes_cores_that_free_up_while_it_runs():
