@@ -6,10 +6,11 @@
 
 Each target (``module:function`` or ``module:Class.method``) is wrapped to add the calling thread's CPU
 time (``time.thread_time``) to its total, so time on helper threads counts too and a function called
-inside another counts in both. The merge runs through ``mergebench.merge`` in this process (torch
-and mergebench imported before the clock starts), with glibc's thresholds raised as the command line
-does; the output goes to a temporary directory. Prints the wall and process CPU time of the merge,
-then each target's CPU seconds and calls, largest first.
+inside another counts in both; a caller that imported the function by name (``from m import f``) keeps
+the unwrapped one, so name it where the callers look it up. The merge runs through ``mergebench.merge``
+in this process (torch and mergebench imported before the clock starts), with glibc's thresholds raised
+as the command line does; the output goes to a temporary directory. Prints the wall and process CPU time
+of the merge, then each target's CPU seconds and calls, largest first.
 """
 
 from __future__ import annotations
